@@ -1,0 +1,52 @@
+"""ormtune: make SQLAlchemy 2.x applications fast, and keep them fast.
+
+The 30-second tour::
+
+    import ormtune
+
+    with ormtune.capture(callsites=True) as log:
+        run_the_code_you_care_about()
+    print(log.report())          # counts, fingerprints, duplicates, call-sites
+
+and in tests, with the bundled pytest plugin::
+
+    def test_list_orders(assert_max_queries):
+        with assert_max_queries(2):
+            list_orders()
+"""
+
+from ormtune.__about__ import __version__
+from ormtune.exceptions import (
+    ConfigurationError,
+    MissingDependencyError,
+    OrmtuneError,
+    QueryCountError,
+)
+from ormtune.querylog import (
+    CallSite,
+    QueryEvent,
+    QueryGroup,
+    QueryLog,
+    StatementKind,
+    capture,
+    fingerprint,
+    observe,
+)
+from ormtune.typing import QueryObserver
+
+__all__ = [
+    "CallSite",
+    "ConfigurationError",
+    "MissingDependencyError",
+    "OrmtuneError",
+    "QueryCountError",
+    "QueryEvent",
+    "QueryGroup",
+    "QueryLog",
+    "QueryObserver",
+    "StatementKind",
+    "__version__",
+    "capture",
+    "fingerprint",
+    "observe",
+]

@@ -1,0 +1,30 @@
+"""Query capture: every SQL statement an application runs, with its fingerprint and cost.
+
+``capture()`` records the statements of one block of code into a :class:`QueryLog`;
+``observe()`` sends every statement in the process to a :class:`~ormtune.typing.QueryObserver`.
+Both share one set of engine listeners, installed only while something listens.
+"""
+
+from ormtune.querylog._callsite import CallSite, find_callsite
+from ormtune.querylog._capture import Capture, Observation, capture, listening, observe
+from ormtune.querylog._event import QueryEvent, redact
+from ormtune.querylog._log import QueryGroup, QueryLog
+from ormtune.querylog._sqltext import StatementInfo, StatementKind, analyze, fingerprint
+
+__all__ = [
+    "CallSite",
+    "Capture",
+    "Observation",
+    "QueryEvent",
+    "QueryGroup",
+    "QueryLog",
+    "StatementInfo",
+    "StatementKind",
+    "analyze",
+    "capture",
+    "find_callsite",
+    "fingerprint",
+    "listening",
+    "observe",
+    "redact",
+]

@@ -1,0 +1,97 @@
+"""Finding the line of application code that caused a statement.
+
+The walk starts at the engine event and goes outwards through the callers until it meets a
+frame that belongs to neither SQLAlchemy, ormtune nor the standard library. Under asyncio,
+SQLAlchemy runs the synchronous engine inside a greenlet whose frame chain ends at the greenlet
+boundary; the walk then continues in the parent greenlet's suspended frame, which leads back to
+the application's coroutine (``await session.execute(...)``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import CodeType, FrameType
+
+# greenlet is only needed (and installed) for SQLAlchemy's asyncio support.
+_HAS_GREENLET = find_spec("greenlet") is not None
+if _HAS_GREENLET:
+    from greenlet import getcurrent as _current_greenlet
+
+__all__ = ["CallSite", "find_callsite"]
+
+_LIBRARY_MODULES = ("sqlalchemy", "ormtune", "greenlet")
+_STDLIB_DIRS = tuple(
+    {
+        os.path.normcase(os.path.realpath(sysconfig.get_paths()[name])) + os.sep
+        for name in ("stdlib", "platstdlib")
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """A line of application code: file, line number and function name."""
+
+    filename: str
+    lineno: int
+    function: str
+
+    def __str__(self) -> str:
+        path = self.filename
+        cwd = os.getcwd() + os.sep
+        if path.startswith(cwd):
+            path = path[len(cwd) :]
+        return f"{path}:{self.lineno} in {self.function}"
+
+
+# code object -> is it library code? Filled lazily; code objects live as long as their module.
+_is_library_code: dict[tuple[CodeType, tuple[str, ...]], bool] = {}
+
+
+def _classify(frame: FrameType, skip_modules: tuple[str, ...]) -> bool:
+    module = frame.f_globals.get("__name__", "")
+    if isinstance(module, str):
+        for prefix in (*_LIBRARY_MODULES, *skip_modules):
+            if module == prefix or module.startswith(prefix + "."):
+                return True
+    filename = frame.f_code.co_filename
+    if filename.startswith("<frozen "):
+        return True
+    return os.path.normcase(os.path.realpath(filename)).startswith(_STDLIB_DIRS)
+
+
+def _frames(start: FrameType | None) -> Iterator[FrameType]:
+    """Frames from ``start`` outwards, crossing from greenlets into their parents."""
+    frame = start
+    greenlet = _current_greenlet() if _HAS_GREENLET else None
+    while True:
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+        if greenlet is None or greenlet.parent is None:
+            return
+        greenlet = greenlet.parent
+        frame = greenlet.gr_frame
+
+
+def find_callsite(skip_modules: tuple[str, ...] = (), depth: int = 1) -> CallSite | None:
+    """The first caller outside SQLAlchemy, ormtune, the standard library and ``skip_modules``
+    (module name prefixes), or None if every frame is library code."""
+    frame: FrameType | None = sys._getframe(depth)
+    for candidate in _frames(frame):
+        key = (candidate.f_code, skip_modules)
+        is_library = _is_library_code.get(key)
+        if is_library is None:
+            is_library = _is_library_code[key] = _classify(candidate, skip_modules)
+        if not is_library:
+            code = candidate.f_code
+            return CallSite(code.co_filename, candidate.f_lineno, code.co_name)
+    return None

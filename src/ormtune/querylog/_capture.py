@@ -1,0 +1,390 @@
+"""Engine event hooks, and the two ways to receive their events: captures and observers.
+
+One set of listeners on the ``Engine`` class serves everything: ``capture()`` blocks, which are
+scoped to a context (held in a ``ContextVar``, so threads and asyncio tasks never see each
+other's statements), and observers registered with ``observe()``, which see every statement in
+the process. The listeners are installed when the first capture or observer starts and removed
+when the last one ends, so an application that uses neither pays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Self
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ormtune.querylog._callsite import find_callsite
+from ormtune.querylog._event import QueryEvent, redact
+from ormtune.querylog._log import QueryLog
+from ormtune.querylog._sqltext import analyze
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor
+
+    from ormtune.querylog._callsite import CallSite
+    from ormtune.typing import QueryObserver
+
+__all__ = ["Capture", "Observation", "capture", "observe"]
+
+logger = logging.getLogger("ormtune.querylog")
+
+_STARTED = "_ormtune_started"  # attribute set on the ExecutionContext by before_cursor_execute
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Sink:
+    """One receiver of events: a capture's log or an observer, with what it asked for."""
+
+    engines: tuple[Engine, ...]  # empty: every engine
+    callsites: bool
+    parameters: bool
+    skip_modules: tuple[str, ...]
+    log: QueryLog | None = None
+    observer: QueryObserver | None = None
+
+    def wants(self, engine: Engine) -> bool:
+        if not self.engines:
+            return True
+        return any(engine is e or engine.pool is e.pool for e in self.engines)
+
+    def deliver(self, query: QueryEvent) -> None:
+        if self.log is not None:
+            self.log.append(query)
+        elif self.observer is not None:
+            try:
+                self.observer.on_query(query)
+            except Exception:
+                logger.exception("ormtune query observer %r failed", self.observer)
+
+
+_scoped: ContextVar[tuple[_Sink, ...]] = ContextVar("ormtune_captures", default=())
+_global: tuple[_Sink, ...] = ()  # copy-on-write, read without the lock on the hot path
+_lock = threading.Lock()
+_users = 0
+
+
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    if context is not None:
+        setattr(context, _STARTED, time.perf_counter())
+    else:
+        conn.info[_STARTED] = time.perf_counter()
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    ended = time.perf_counter()
+    sinks = _scoped.get() + _global
+    if not sinks:
+        return
+    started = getattr(context, _STARTED, None) if context is not None else None
+    if started is None:
+        started = conn.info.pop(_STARTED, ended)
+    rowcount = cursor.rowcount
+    _emit(
+        sinks,
+        conn.engine,
+        statement,
+        parameters,
+        executemany,
+        ended - started,
+        rowcount if rowcount is not None and rowcount >= 0 else None,
+        None,
+    )
+
+
+def _handle_error(exception_context: ExceptionContext) -> None:
+    sinks = _scoped.get() + _global
+    statement = exception_context.statement
+    if not sinks or statement is None or exception_context.connection is None:
+        return
+    context = exception_context.execution_context
+    started = getattr(context, _STARTED, None) if context is not None else None
+    duration = time.perf_counter() - started if started is not None else 0.0
+    _emit(
+        sinks,
+        exception_context.connection.engine,
+        statement,
+        exception_context.parameters,
+        bool(context is not None and context.executemany),
+        duration,
+        None,
+        exception_context.original_exception,
+    )
+
+
+def _emit(
+    sinks: tuple[_Sink, ...],
+    engine: Engine,
+    statement: str,
+    parameters: Any,
+    executemany: bool,
+    duration: float,
+    rowcount: int | None,
+    error: BaseException | None,
+) -> None:
+    receivers = [sink for sink in sinks if sink.wants(engine)]
+    if not receivers:
+        return
+    info = analyze(statement, engine.dialect.name in ("mysql", "mariadb"))
+    callsites: dict[tuple[str, ...], CallSite | None] = {}
+    for sink in receivers:
+        if sink.callsites and sink.skip_modules not in callsites:
+            callsites[sink.skip_modules] = find_callsite(sink.skip_modules, depth=2)
+    callsite = next(iter(callsites.values()), None)
+    redacted: QueryEvent | None = None
+    revealed: QueryEvent | None = None
+    for sink in receivers:
+        if sink.parameters:
+            if revealed is None:
+                values = list(parameters) if executemany else parameters
+                revealed = QueryEvent(
+                    statement,
+                    values,
+                    info,
+                    duration,
+                    rowcount,
+                    engine,
+                    executemany,
+                    callsite,
+                    error,
+                )
+            query = revealed
+        else:
+            if redacted is None:
+                redacted = QueryEvent(
+                    statement,
+                    redact(parameters, executemany),
+                    info,
+                    duration,
+                    rowcount,
+                    engine,
+                    executemany,
+                    callsite,
+                    error,
+                )
+            query = redacted
+        wanted = callsites.get(sink.skip_modules) if sink.callsites else None
+        if query.callsite is not wanted:
+            query = replace(query, callsite=wanted)
+        sink.deliver(query)
+
+
+_LISTENERS = (
+    ("before_cursor_execute", _before_cursor_execute),
+    ("after_cursor_execute", _after_cursor_execute),
+    ("handle_error", _handle_error),
+)
+
+
+def _acquire() -> None:
+    global _users
+    with _lock:
+        _users += 1
+        if _users == 1:
+            for name, listener in _LISTENERS:
+                if not event.contains(Engine, name, listener):
+                    event.listen(Engine, name, listener)
+
+
+def _release() -> None:
+    global _users
+    with _lock:
+        _users -= 1
+        if _users == 0:
+            for name, listener in _LISTENERS:
+                if event.contains(Engine, name, listener):
+                    event.remove(Engine, name, listener)
+
+
+def listening() -> bool:
+    """Whether ormtune's engine listeners are installed right now."""
+    return event.contains(Engine, "after_cursor_execute", _after_cursor_execute)
+
+
+def _engines(given: tuple[object, ...], caller: str) -> tuple[Engine, ...]:
+    engines: list[Engine] = []
+    for candidate in given:
+        if isinstance(candidate, AsyncEngine):
+            engines.append(candidate.sync_engine)
+        elif isinstance(candidate, Engine):
+            engines.append(candidate)
+        else:
+            raise TypeError(
+                f"{caller}() takes SQLAlchemy Engine or AsyncEngine objects, "
+                f"but was given {candidate!r} (of type {type(candidate).__qualname__})"
+            )
+    return tuple(engines)
+
+
+class Capture:
+    """Records every statement run in this context (this thread or asyncio task, and what it
+    starts) while it is open. Use as ``with`` or ``async with``; entering gives the
+    :class:`QueryLog`. Leaving, normally or through an exception, stops recording and keeps
+    the log."""
+
+    __slots__ = ("_sink", "_token", "log")
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+        self._token: Token[tuple[_Sink, ...]] | None = None
+        assert sink.log is not None
+        self.log: QueryLog = sink.log
+
+    def start(self) -> QueryLog:
+        if self._token is not None:
+            raise RuntimeError("this capture is already open; create a new one with capture()")
+        _acquire()
+        self._token = _scoped.set((*_scoped.get(), self._sink))
+        return self.log
+
+    def stop(self) -> None:
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            _scoped.reset(token)
+        except ValueError:
+            # Left in another context than it was entered in: take out only this capture.
+            _scoped.set(tuple(sink for sink in _scoped.get() if sink is not self._sink))
+        finally:
+            _release()
+
+    def __enter__(self) -> QueryLog:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> QueryLog:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def capture(
+    *engines: Engine | AsyncEngine,
+    callsites: bool = False,
+    parameters: bool = False,
+    skip_modules: tuple[str, ...] = (),
+) -> Capture:
+    """Record the SQL statements executed inside a ``with`` (or ``async with``) block.
+
+    With no engines, statements on every engine are recorded; otherwise only those on the
+    given engines (an ``AsyncEngine`` stands for its ``sync_engine``; engines derived with
+    ``execution_options()`` count as their parent). ``callsites=True`` records the first frame
+    of application code for each statement (a stack walk per statement, so off by default);
+    ``skip_modules`` adds module-name prefixes to skip as library code, for example a project's
+    own data-access layer. ``parameters=True`` keeps parameter values instead of their shapes.
+
+    Nested captures each record everything run inside them, so an outer capture also sees the
+    statements of an inner one. Threads and asyncio tasks started elsewhere are never recorded;
+    tasks started inside the block inherit it.
+    """
+    sink = _Sink(
+        engines=_engines(engines, "capture"),
+        callsites=callsites,
+        parameters=parameters,
+        skip_modules=tuple(skip_modules),
+        log=QueryLog(),
+    )
+    return Capture(sink)
+
+
+class Observation:
+    """A registered observer; ``close()`` (or leaving its ``with`` block) unregisters it."""
+
+    __slots__ = ("_closed", "_sink")
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        global _global
+        with _lock:
+            if self._closed:
+                return
+            self._closed = True
+            _global = tuple(sink for sink in _global if sink is not self._sink)
+        _release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def observe(
+    observer: QueryObserver,
+    *engines: Engine | AsyncEngine,
+    callsites: bool = False,
+    parameters: bool = False,
+    skip_modules: tuple[str, ...] = (),
+) -> Observation:
+    """Send every statement executed anywhere in the process to ``observer.on_query``.
+
+    This is how N+1 detection, metrics and the dashboard subscribe to the one event stream.
+    The options mean what they mean for :func:`capture`. An exception raised by the observer is
+    logged to the ``ormtune.querylog`` logger and never reaches the application.
+    """
+    global _global
+    if not callable(getattr(observer, "on_query", None)):
+        raise TypeError(
+            f"observe() takes an object with an on_query(event) method (a QueryObserver), "
+            f"but was given {observer!r} (of type {type(observer).__qualname__})"
+        )
+    sink = _Sink(
+        engines=_engines(engines, "observe"),
+        callsites=callsites,
+        parameters=parameters,
+        skip_modules=tuple(skip_modules),
+        observer=observer,
+    )
+    _acquire()
+    with _lock:
+        _global = (*_global, sink)
+    return Observation(sink)

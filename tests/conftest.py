@@ -1,0 +1,134 @@
+"""Shared fixtures: one throw-away database per service per test session, and engines on it.
+
+Services are reached at the URLs below (override with environment variables). A service that
+cannot be reached skips the tests that need it, with a message naming it, unless
+``ORMTUNE_REQUIRE_SERVICES=1`` is set (as CI does), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tests.models import Base
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+POSTGRES_URL = os.environ.get(
+    "ORMTUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+MARIADB_URL = os.environ.get(
+    "ORMTUNE_TEST_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306/test"
+)
+REQUIRE_SERVICES = os.environ.get("ORMTUNE_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A database reachable for this test session: sync and async URLs of its scratch db."""
+
+    name: str
+    sync_url: str
+    async_url: str
+
+
+def _unavailable(service: str, url: str, exc: BaseException) -> None:
+    message = f"{service} is not reachable at {make_url(url).render_as_string()}: {exc}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (ORMTUNE_REQUIRE_SERVICES is set, so this fails)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgresql_backend() -> Iterator[Backend]:
+    name = f"ormtune_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        _unavailable("PostgreSQL", POSTGRES_URL, exc)
+    url = make_url(POSTGRES_URL).set(database=name)
+    yield Backend(
+        "postgresql",
+        url.render_as_string(hide_password=False),
+        url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_backend() -> Iterator[Backend]:
+    name = f"ormtune_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(MARIADB_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}`"))
+    except Exception as exc:
+        admin.dispose()
+        _unavailable("MariaDB", MARIADB_URL, exc)
+    url = make_url(MARIADB_URL).set(database=name)
+    yield Backend(
+        "mariadb",
+        url.render_as_string(hide_password=False),
+        url.set(drivername="mariadb+aiomysql").render_as_string(hide_password=False),
+    )
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_backend(tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    path = tmp_path_factory.mktemp("sqlite") / "ormtune.db"
+    return Backend("sqlite", f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}")
+
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each database in turn: SQLite, PostgreSQL, MariaDB."""
+    result: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return result
+
+
+@pytest.fixture
+def engine(backend: Backend) -> Iterator[Engine]:
+    """A sync engine (sqlite / psycopg / pymysql) with the test models' tables, fresh per test."""
+    sync_engine = create_engine(backend.sync_url)
+    Base.metadata.drop_all(sync_engine)
+    Base.metadata.create_all(sync_engine)
+    yield sync_engine
+    Base.metadata.drop_all(sync_engine)
+    sync_engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def async_engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    """An asyncio engine (aiosqlite / asyncpg / aiomysql) with the test models' tables."""
+    engine = create_async_engine(backend.async_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    yield engine
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+    await engine.dispose()
