@@ -7,6 +7,15 @@ Both share one set of engine listeners, installed only while something listens.
 
 from ormtune.querylog._callsite import CallSite, find_callsite
 from ormtune.querylog._capture import Capture, Observation, capture, listening, observe
+from ormtune.querylog._cohorts import (
+    Cohort,
+    LazyLoad,
+    cohort_of,
+    lazy_load_of,
+    track_cohorts,
+    tracking_cohorts,
+    untrack_cohorts,
+)
 from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._log import QueryGroup, QueryLog
 from ormtune.querylog._sqltext import StatementInfo, StatementKind, analyze, fingerprint
@@ -14,6 +23,8 @@ from ormtune.querylog._sqltext import StatementInfo, StatementKind, analyze, fin
 __all__ = [
     "CallSite",
     "Capture",
+    "Cohort",
+    "LazyLoad",
     "Observation",
     "QueryEvent",
     "QueryGroup",
@@ -22,9 +33,14 @@ __all__ = [
     "StatementKind",
     "analyze",
     "capture",
+    "cohort_of",
     "find_callsite",
     "fingerprint",
+    "lazy_load_of",
     "listening",
     "observe",
     "redact",
+    "track_cohorts",
+    "tracking_cohorts",
+    "untrack_cohorts",
 ]

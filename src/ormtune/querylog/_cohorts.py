@@ -1,0 +1,155 @@
+"""Cohorts: the instances one ORM query loaded, and the lazy loads made from them.
+
+A cohort is what N+1 detection and automatic batch loading reason about: a lazy load of
+relationship R on two members of one cohort is an N+1, and loading R for every member at once
+is its fix. Membership is recorded by the ORM's own ``load`` and ``refresh`` instance events
+(the rows of one query share one ``QueryContext``); members are held by weak reference, so a
+cohort never keeps an object alive. An instance belongs to the last query that loaded or
+refreshed it from a row; instances that a query returned but that were already in the identity
+map (and were not refreshed) keep their earlier cohort.
+
+Tracking is reference-counted like the engine listeners: the instance listeners are installed
+when the first user calls :func:`track_cohorts` and removed when the last one releases it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Mapper, RelationshipProperty
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.orm import ORMExecuteState, QueryContext
+    from sqlalchemy.orm.state import InstanceState
+
+__all__ = [
+    "Cohort",
+    "LazyLoad",
+    "cohort_of",
+    "lazy_load_of",
+    "track_cohorts",
+    "tracking_cohorts",
+    "untrack_cohorts",
+]
+
+_CONTEXT_KEY = ("ormtune", "cohort")
+_STATE_KEY = "ormtune.cohort"
+
+
+class Cohort:
+    """The instances loaded by one ORM query, held by weak reference, in row order."""
+
+    __slots__ = ("__weakref__", "_members", "lock", "notes")
+
+    def __init__(self) -> None:
+        self._members: list[weakref.ref[InstanceState[Any]]] = []
+        # Per-cohort scratch space for the features that reason about it (keyed by feature).
+        self.notes: dict[object, Any] = {}
+        self.lock = threading.Lock()
+
+    def add(self, state: InstanceState[Any]) -> None:
+        self._members.append(weakref.ref(state))
+
+    def states(self) -> Iterator[InstanceState[Any]]:
+        """Members still alive (object not garbage-collected) that still belong to this cohort."""
+        for ref in self._members:
+            state = ref()
+            if state is not None and state.obj() is not None and cohort_of(state) is self:
+                yield state
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return f"<Cohort of {len(self._members)}>"
+
+
+def cohort_of(state: InstanceState[Any]) -> Cohort | None:
+    """The cohort an instance state belongs to, if it was loaded while tracking was on."""
+    cohort: Cohort | None = state.info.get(_STATE_KEY)
+    return cohort
+
+
+def _join(state: InstanceState[Any], context: QueryContext) -> None:
+    attributes = context.attributes
+    cohort = attributes.get(_CONTEXT_KEY)
+    if cohort is None:
+        cohort = attributes[_CONTEXT_KEY] = Cohort()
+    cohort.add(state)
+    state.info[_STATE_KEY] = cohort
+
+
+def _on_load(target: object, context: QueryContext) -> None:
+    _join(inspect(target), context)
+
+
+def _on_refresh(target: object, context: QueryContext, attrs: object) -> None:
+    # A refresh of one object (session.refresh(), loading expired attributes) is not a query
+    # of peers; only rows of a real query (populate_existing) move an object to a new cohort.
+    if context.refresh_state is None:
+        _join(inspect(target), context)
+
+
+_LISTENERS = (("load", _on_load), ("refresh", _on_refresh))
+_lock = threading.Lock()
+_users = 0
+
+
+def track_cohorts() -> None:
+    """Start recording cohorts (reference-counted; pair each call with :func:`untrack_cohorts`)."""
+    global _users
+    with _lock:
+        _users += 1
+        if _users == 1:
+            for name, listener in _LISTENERS:
+                event.listen(Mapper, name, listener)
+
+
+def untrack_cohorts() -> None:
+    """Release one :func:`track_cohorts`; the last release removes the listeners."""
+    global _users
+    with _lock:
+        if _users == 0:
+            return
+        _users -= 1
+        if _users == 0:
+            for name, listener in _LISTENERS:
+                if event.contains(Mapper, name, listener):
+                    event.remove(Mapper, name, listener)
+
+
+def tracking_cohorts() -> bool:
+    """Whether cohort listeners are installed right now."""
+    return event.contains(Mapper, "load", _on_load)
+
+
+@dataclass(frozen=True, slots=True)
+class LazyLoad:
+    """A lazy load of ``relationship`` from ``state`` that is about to run SQL."""
+
+    state: InstanceState[Any]
+    relationship: RelationshipProperty[Any]
+    cohort: Cohort | None
+
+    @property
+    def name(self) -> str:
+        """``Class.attribute`` of the relationship, as users write it."""
+        return f"{self.relationship.parent.class_.__name__}.{self.relationship.key}"
+
+
+def lazy_load_of(orm_execute_state: ORMExecuteState) -> LazyLoad | None:
+    """The lazy load an ORM execution is, or None for any other execution."""
+    state = orm_execute_state.lazy_loaded_from
+    if state is None or not orm_execute_state.is_select:
+        return None
+    path = orm_execute_state.loader_strategy_path
+    prop = getattr(path, "prop", None)
+    if not isinstance(prop, RelationshipProperty):
+        return None
+    return LazyLoad(state, prop, cohort_of(state))
