@@ -13,9 +13,15 @@ and in tests, with the bundled pytest plugin::
     def test_list_orders(assert_max_queries):
         with assert_max_queries(2):
             list_orders()
+
+and to make naive lazy-loading loops issue one query per relationship instead of one per
+object::
+
+    ormtune.autoload()
 """
 
 from ormtune.__about__ import __version__
+from ormtune.batchload import Autoload, autoload, autoload_option
 from ormtune.exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -35,6 +41,7 @@ from ormtune.querylog import (
 from ormtune.typing import QueryObserver
 
 __all__ = [
+    "Autoload",
     "CallSite",
     "ConfigurationError",
     "MissingDependencyError",
@@ -46,6 +53,8 @@ __all__ = [
     "QueryObserver",
     "StatementKind",
     "__version__",
+    "autoload",
+    "autoload_option",
     "capture",
     "fingerprint",
     "observe",

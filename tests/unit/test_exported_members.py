@@ -12,6 +12,7 @@ PACKAGES = [
     "ormtune.exceptions",
     "ormtune.typing",
     "ormtune.querylog",
+    "ormtune.batchload",
     "ormtune.testing",
 ]
 

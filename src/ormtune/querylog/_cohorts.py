@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import Mapper, RelationshipProperty
+from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from sqlalchemy.orm import ORMExecuteState, QueryContext
+    from sqlalchemy.orm import ORMExecuteState
     from sqlalchemy.orm.state import InstanceState
 
 __all__ = [
@@ -76,11 +76,22 @@ def cohort_of(state: InstanceState[Any]) -> Cohort | None:
     return cohort
 
 
+def _cohort_key(context: QueryContext) -> tuple[dict[Any, Any], object]:
+    """Where a query's cohort lives. ``selectinload`` fetches one relationship in several
+    queries (one per 500 keys); they carry the original query's context, and their rows form
+    one cohort, keyed there by the loader path."""
+    top = context.execution_options.get("sa_top_level_orm_context")
+    path = getattr(getattr(context, "compile_state", None), "current_path", None)
+    if isinstance(top, QueryContext) and top is not context and path is not None:
+        return top.attributes, (_CONTEXT_KEY, path)
+    return context.attributes, _CONTEXT_KEY
+
+
 def _join(state: InstanceState[Any], context: QueryContext) -> None:
-    attributes = context.attributes
-    cohort = attributes.get(_CONTEXT_KEY)
+    attributes, key = _cohort_key(context)
+    cohort = attributes.get(key)
     if cohort is None:
-        cohort = attributes[_CONTEXT_KEY] = Cohort()
+        cohort = attributes[key] = Cohort()
     cohort.add(state)
     state.info[_STATE_KEY] = cohort
 
@@ -90,9 +101,9 @@ def _on_load(target: object, context: QueryContext) -> None:
 
 
 def _on_refresh(target: object, context: QueryContext, attrs: object) -> None:
-    # A refresh of one object (session.refresh(), loading expired attributes) is not a query
-    # of peers; only rows of a real query (populate_existing) move an object to a new cohort.
-    if context.refresh_state is None:
+    # Only a query that replaces what it loads (populate_existing) makes its rows peers again;
+    # refreshing one object, or filling in expired attributes along the way, does not.
+    if context.refresh_state is None and context.populate_existing:
         _join(inspect(target), context)
 
 

@@ -1,0 +1,152 @@
+"""The batch load: on the first lazy load of a relationship in a cohort, load it for the cohort.
+
+SQLAlchemy's own ``selectinload`` does the loading, so the object graph is exactly what
+``selectinload`` gives (identities, per-parent ``order_by``, secondary tables, inheritance,
+composite keys). It needs parent rows to hang the children on, so the batch re-selects the
+cohort's parents by primary key with ``selectinload(R)``: for objects already in the identity
+map SQLAlchemy only fills in what is not loaded, and ``selectinload`` skips every parent whose
+``R`` is already loaded, so nothing the application set is ever overwritten. The lazy load that
+triggered the batch is then answered from what the batch loaded, without SQL of its own.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.orm import MANYTOONE, selectinload
+
+from ormtune.batchload._options import (
+    DEFAULT_CHUNK_SIZE,
+    AutoloadOption,
+    BatchMarker,
+    Settings,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sqlalchemy.engine import Result
+    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty
+    from sqlalchemy.orm.state import InstanceState
+
+    from ormtune.querylog import LazyLoad
+
+__all__ = ["batch_load"]
+
+# Bound parameters one re-select of parents may use: under every supported driver's limit
+# (SQLite 32766, asyncpg 32767, PostgreSQL and MariaDB 65535).
+_MAX_PARAMETERS = 30_000
+_SELECTINLOAD_HAS_CHUNKSIZE = "chunksize" in pyinspect.signature(selectinload).parameters
+
+
+def _eligible(
+    member: InstanceState[Any], trigger: InstanceState[Any], prop: RelationshipProperty[Any]
+) -> bool:
+    """May ``member``'s ``prop`` be loaded by the batch that ``trigger``'s lazy load starts?"""
+    return (
+        member.key is not None  # persistent: never batch a pending object
+        and not member.deleted
+        and member.session_id == trigger.session_id
+        and member.identity_token == trigger.identity_token
+        and member.load_options == trigger.load_options
+        and prop.key not in member.dict  # loaded, or set by the application: leave it
+        and prop.key not in member.callables  # an explicit per-object loader
+        and member.mapper.isa(prop.parent)
+    )
+
+
+def _members(lazy: LazyLoad) -> list[InstanceState[Any]]:
+    """The cohort members whose relationship the batch loads, the trigger first."""
+    trigger, prop, cohort = lazy.state, lazy.relationship, lazy.cohort
+    if cohort is None:
+        return []
+    members = [trigger]
+    members += (m for m in cohort.states() if m is not trigger and _eligible(m, trigger, prop))
+    return members
+
+
+def _one_target(members: list[InstanceState[Any]], prop: RelationshipProperty[Any]) -> bool:
+    """For a many-to-one: do all members point at the same target (so that the plain lazy load
+    fetches it once and the identity map serves the rest)?"""
+    if prop.direction is not MANYTOONE:
+        return False
+    targets: set[tuple[Any, ...]] = set()
+    for member in members:
+        keys = []
+        for local, _remote in prop.local_remote_pairs:
+            attribute = member.mapper.get_property_by_column(local).key
+            if attribute not in member.dict:
+                return False  # expired or deferred: unknown without a query
+            keys.append(member.dict[attribute])
+        targets.add(tuple(keys))
+        if len(targets) > 1:
+            return False
+    return True
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _reselect(
+    orm_state: ORMExecuteState,
+    lazy: LazyLoad,
+    members: list[InstanceState[Any]],
+    settings: Settings,
+) -> None:
+    prop = lazy.relationship
+    mapper = prop.parent
+    pk_columns = mapper.primary_key
+    identities = [member.identity for member in members]
+    attribute = prop.class_attribute
+    if _SELECTINLOAD_HAS_CHUNKSIZE:
+        load = selectinload(attribute, chunksize=settings.chunk_size)
+        per_select = _MAX_PARAMETERS // len(pk_columns)
+    else:  # SQLAlchemy 2.0: selectinload chunks by 500; chunk the parents for other sizes
+        load = selectinload(attribute)
+        per_select = settings.chunk_size
+        if settings.chunk_size >= DEFAULT_CHUNK_SIZE:
+            per_select = _MAX_PARAMETERS // len(pk_columns)
+    options: list[Any] = [load, BatchMarker(load, settings)]
+    options += (opt for opt in lazy.state.load_options if isinstance(opt, AutoloadOption))
+    for chunk in _chunks(identities, per_select):
+        if len(pk_columns) == 1:
+            criterion = pk_columns[0].in_([identity[0] for identity in chunk])
+        else:
+            criterion = tuple_(*pk_columns).in_([tuple(identity) for identity in chunk])
+        statement = select(mapper).where(criterion).options(*options)
+        # The lazy load that started this batch has already autoflushed (or deliberately not).
+        orm_state.session.execute(
+            statement,
+            execution_options={"autoflush": False},
+            bind_arguments=orm_state.bind_arguments,
+        ).all()
+
+
+def _result_for(state: InstanceState[Any], prop: RelationshipProperty[Any]) -> Result[Any] | None:
+    """What the triggering lazy load would have returned, built from the batch's work."""
+    if prop.key not in state.dict:
+        return None
+    value = state.dict[prop.key]
+    objects = list(value) if prop.uselist else ([] if value is None else [value])
+    rows = [(obj,) for obj in objects]
+    return IteratorResult(SimpleResultMetaData([prop.key]), iter(rows))
+
+
+def batch_load(
+    orm_state: ORMExecuteState, lazy: LazyLoad, settings: Settings
+) -> Result[Any] | None:
+    """Load ``lazy.relationship`` for every eligible member of the cohort and answer the
+    triggering lazy load; None (the plain lazy load goes ahead) when there is nothing to batch
+    or anything looks out of the ordinary."""
+    prop = lazy.relationship
+    if getattr(prop.mapper.class_, "__hash__", None) is None:
+        return None  # lazy loads de-duplicate their rows by hashing the objects
+    members = _members(lazy)
+    if len(members) < 2 or _one_target(members, prop):
+        return None
+    _reselect(orm_state, lazy, members, settings)
+    return _result_for(lazy.state, prop)

@@ -1,0 +1,110 @@
+"""ORM options that carry autoload settings through queries and into the objects they load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import UserDefinedOption
+from sqlalchemy.sql.cache_key import HasCacheKey
+
+from ormtune.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "AutoloadOption", "BatchMarker", "Settings", "check_chunk_size"]
+
+DEFAULT_CHUNK_SIZE = 500
+
+
+def check_chunk_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"chunk_size must be a whole number of keys, but was given {value!r} "
+            f"(of type {type(value).__qualname__})"
+        )
+    if value < 1:
+        raise ConfigurationError(f"chunk_size must be 1 or more, but was given {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How one batch loads: at most ``chunk_size`` parent keys per child query."""
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+class _KeyedOption(UserDefinedOption):
+    """A user option that is part of the statement's cache key.
+
+    SQLAlchemy pairs the options of a cached statement with those of the statement being run
+    *by position* when it hands them to loaded objects. A plain ``UserDefinedOption`` adds
+    nothing to the cache key, so a statement compiled earlier with a different set of them
+    would shift or drop ours; keyed, statements only share a compiled form when their options
+    line up.
+    """
+
+    _is_has_cache_key = True
+    settings: Settings
+
+    def _gen_cache_key(self, anon_map: object, bindparams: object) -> tuple[object, ...]:
+        return (type(self).__qualname__, self.settings.chunk_size)
+
+
+class AutoloadOption(_KeyedOption):
+    """``select(User).options(ormtune.autoload_option())``: batch the lazy loads of every object
+    this statement loads, and of the objects those batches load in turn.
+
+    The option propagates to the loaded objects (``propagate_to_loaders``), which is how their
+    later lazy loads know they were asked for. It does not change the statement's SQL or its
+    place in SQLAlchemy's statement cache.
+    """
+
+    propagate_to_loaders = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"autoload_option(chunk_size={self.settings.chunk_size})"
+
+
+class BatchMarker(_KeyedOption):
+    """Marks a batch statement ormtune issued, and the ``selectinload`` it used.
+
+    Objects loaded by a batch carry that ``selectinload`` in their load options, like objects
+    loaded by any query with loader options. Loads with explicit loader options are never
+    batched, but this one is ormtune's own: the marker travelling beside it says so, so the
+    next level of a tree is batched too.
+    """
+
+    propagate_to_loaders = True
+
+    def __init__(self, load: HasCacheKey, settings: Settings) -> None:
+        super().__init__((load, settings))
+        self.load_key = load._generate_cache_key()
+        self.settings = settings
+
+
+def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | None]:
+    """Read an object's load options: (may it be batched at all, the settings of an
+    ``autoload_option()`` among them, if any).
+
+    It may not be batched when a loader option other than ormtune's own shaped its loading.
+    ormtune's own are recognised by structure (cache key), not identity: on a statement-cache
+    hit SQLAlchemy hands the loaded objects the options of the statement it compiled first. A
+    batch marker only vouches for its ``selectinload``; it never turns autoload on by itself.
+    """
+    settings: Settings | None = None
+    ours: list[object] = []
+    for opt in load_options:
+        if isinstance(opt, AutoloadOption):
+            settings = opt.settings
+        elif isinstance(opt, BatchMarker):
+            ours.append(opt.load_key)
+    for opt in load_options:
+        if isinstance(opt, AutoloadOption | BatchMarker):
+            continue
+        if not ours or not isinstance(opt, HasCacheKey) or opt._generate_cache_key() not in ours:
+            return False, None
+    return True, settings
