@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.orm import MANYTOONE, selectinload
+from sqlalchemy.orm import MANYTOONE, load_only, selectinload
 
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
@@ -110,7 +110,14 @@ def _reselect(
         per_select = settings.chunk_size
         if settings.chunk_size >= DEFAULT_CHUNK_SIZE:
             per_select = _MAX_PARAMETERS // len(pk_columns)
-    options: list[Any] = [load, BatchMarker(load, settings)]
+    loads: list[Any] = [load]
+    if not any(member.expired_attributes for member in members):
+        # Only the keys are needed to hang the children on. Members with expired attributes
+        # get whole rows instead: the re-select then refreshes them once, instead of leaving
+        # each expired column to be loaded on its own later.
+        keys = [mapper.get_property_by_column(column).class_attribute for column in pk_columns]
+        loads.append(load_only(*keys))
+    options: list[Any] = [*loads, BatchMarker(loads, settings)]
     options += (opt for opt in lazy.state.load_options if isinstance(opt, AutoloadOption))
     for chunk in _chunks(identities, per_select):
         if len(pk_columns) == 1:

@@ -70,19 +70,19 @@ class AutoloadOption(_KeyedOption):
 
 
 class BatchMarker(_KeyedOption):
-    """Marks a batch statement ormtune issued, and the ``selectinload`` it used.
+    """Marks a batch statement ormtune issued, and the loader options it used.
 
-    Objects loaded by a batch carry that ``selectinload`` in their load options, like objects
-    loaded by any query with loader options. Loads with explicit loader options are never
-    batched, but this one is ormtune's own: the marker travelling beside it says so, so the
-    next level of a tree is batched too.
+    Objects loaded by a batch carry those options (its ``selectinload``, its ``load_only``)
+    in their load options, like objects loaded by any query with loader options. Loads with
+    explicit loader options are never batched, but these are ormtune's own: the marker
+    travelling beside them says so, so the next level of a tree is batched too.
     """
 
     propagate_to_loaders = True
 
-    def __init__(self, load: HasCacheKey, settings: Settings) -> None:
-        super().__init__((load, settings))
-        self.load_key = load._generate_cache_key()
+    def __init__(self, loads: list[HasCacheKey], settings: Settings) -> None:
+        super().__init__((loads, settings))
+        self.load_keys = [load._generate_cache_key() for load in loads]
         self.settings = settings
 
 
@@ -101,7 +101,7 @@ def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | N
         if isinstance(opt, AutoloadOption):
             settings = opt.settings
         elif isinstance(opt, BatchMarker):
-            ours.append(opt.load_key)
+            ours += opt.load_keys
     for opt in load_options:
         if isinstance(opt, AutoloadOption | BatchMarker):
             continue

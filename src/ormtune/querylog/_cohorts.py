@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event
 from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _CONTEXT_KEY = ("ormtune", "cohort")
+_CONTEXT_FAST_KEY = ("ormtune", "cohort", "this query")
 _STATE_KEY = "ormtune.cohort"
 
 
@@ -88,23 +89,27 @@ def _cohort_key(context: QueryContext) -> tuple[dict[Any, Any], object]:
 
 
 def _join(state: InstanceState[Any], context: QueryContext) -> None:
-    attributes, key = _cohort_key(context)
-    cohort = attributes.get(key)
+    # Runs once per loaded instance: the cohort is looked up once per query, then cached on it.
+    cohort = context.attributes.get(_CONTEXT_FAST_KEY)
     if cohort is None:
-        cohort = attributes[key] = Cohort()
-    cohort.add(state)
+        attributes, key = _cohort_key(context)
+        cohort = attributes.get(key)
+        if cohort is None:
+            cohort = attributes[key] = Cohort()
+        context.attributes[_CONTEXT_FAST_KEY] = cohort
+    cohort._members.append(weakref.ref(state))
     state.info[_STATE_KEY] = cohort
 
 
-def _on_load(target: object, context: QueryContext) -> None:
-    _join(inspect(target), context)
+def _on_load(state: InstanceState[Any], context: QueryContext) -> None:
+    _join(state, context)
 
 
-def _on_refresh(target: object, context: QueryContext, attrs: object) -> None:
+def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object) -> None:
     # Only a query that replaces what it loads (populate_existing) makes its rows peers again;
     # refreshing one object, or filling in expired attributes along the way, does not.
     if context.refresh_state is None and context.populate_existing:
-        _join(inspect(target), context)
+        _join(state, context)
 
 
 _LISTENERS = (("load", _on_load), ("refresh", _on_refresh))
@@ -119,7 +124,7 @@ def track_cohorts() -> None:
         _users += 1
         if _users == 1:
             for name, listener in _LISTENERS:
-                event.listen(Mapper, name, listener)
+                event.listen(Mapper, name, listener, raw=True)
 
 
 def untrack_cohorts() -> None:
