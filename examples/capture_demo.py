@@ -77,7 +77,18 @@ def main() -> None:
         print(f"QueryCountError: {error}\n")
     with assert_max_queries(2), Session(engine) as session:
         shelf(session, eager=True)
-    print("...and the eager version stays within its budget of 2 queries.")
+    print("...and the eager version stays within its budget of 2 queries.\n")
+
+    print("4. Or leave the naive loop as it is and turn on ormtune.autoload():\n")
+    with ormtune.autoload(), ormtune.capture() as log, Session(engine) as session:
+        naive = shelf(session, eager=False)
+    with Session(engine) as session:
+        assert naive == shelf(session, eager=True)  # the same result
+    print(log.report(timings=False))
+    print(
+        "\nThe first lazy load of Author.books loaded the books of all 10 authors at once "
+        "(one query for the authors' keys, one for their books)."
+    )
     engine.dispose()
 
 
