@@ -15,7 +15,7 @@ from sqlalchemy import (
     insert,
 )
 from sqlalchemy.ext.asyncio import AsyncAttrs
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, WriteOnlyMapped, mapped_column, relationship
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -59,6 +59,8 @@ class Author(Base):
     books: Mapped[list[Book]] = relationship(back_populates="author", order_by="Book.id.desc()")
     raising_books: Mapped[list[Book]] = relationship(viewonly=True, lazy="raise")
     dynamic_books = relationship("Book", viewonly=True, lazy="dynamic")
+    written_books: WriteOnlyMapped[Book] = relationship(viewonly=True)
+    strict_books: Mapped[list[Book]] = relationship(viewonly=True, lazy="raise_on_sql")
 
 
 class Book(Base):

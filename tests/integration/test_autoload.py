@@ -374,13 +374,30 @@ def test_noload_is_left_alone(seeded: tuple[Engine, int]) -> None:
     assert Volume.__table__ is not None
 
 
-def test_raise_stays_raise(seeded: tuple[Engine, int]) -> None:
+def test_write_only_is_left_alone(seeded: tuple[Engine, int]) -> None:
+    engine, n = seeded
+
+    def walk(session: Session) -> tuple[Any, list[object]]:
+        authors = session.scalars(select(Author).order_by(Author.id)).all()
+        data = [
+            (a.id, list(session.scalars(a.written_books.select().order_by(Book.id))))
+            for a in authors
+        ]
+        return [(author, [b.id for b in books]) for author, books in data], []
+
+    assert compare(engine, walk) == (1 + n, 1 + n)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "message"), [("raising_books", "lazy='raise'"), ("strict_books", "raise_on_sql")]
+)
+def test_raise_stays_raise(seeded: tuple[Engine, int], attribute: str, message: str) -> None:
     engine, _ = seeded
     with Session(engine) as session, autoload():
-        author = session.scalars(select(Author).order_by(Author.id)).first()
-        assert author is not None
-        with pytest.raises(InvalidRequestError, match="lazy='raise'"):
-            author.raising_books  # noqa: B018
+        authors = session.scalars(select(Author).order_by(Author.id)).all()
+        for author in authors[:2]:
+            with pytest.raises(InvalidRequestError, match=message):
+                getattr(author, attribute)
 
 
 # --- scopes -----------------------------------------------------------------------------------
