@@ -56,7 +56,8 @@ def test_records_every_statement_with_kind_tables_and_rowcount(engine: Engine) -
     assert log.total_duration == pytest.approx(sum(e.duration for e in log))
     lazy = log.by_fingerprint()[0]
     assert lazy.count == 3
-    assert lazy.fingerprint.startswith("select users.id, users.name from users where users.id = ")
+    assert lazy.fingerprint.startswith("select users.id")  # 2.0 adds "as users_id" labels
+    assert "from users where users.id = ?" in lazy.fingerprint  # PostgreSQL adds ::integer
     assert [group.count for group in log.duplicates()] == [3]
 
 
@@ -316,8 +317,10 @@ def test_report_lists_fingerprints_counts_and_callsites(engine: Engine) -> None:
     report = log.report(timings=False)
     lines = report.splitlines()
     assert lines[0] == "3 queries, 2 distinct, 1 repeated"
-    assert lines[1].startswith("  2x select users.id, users.name from users where users.id = ?")
+    assert lines[1].startswith("  2x select users.id")
+    assert "from users where users.id = ?" in lines[1]
     assert lines[2].strip() == f"at {log[1].callsite}"
     assert f"test_capture.py:{_line_of('# report: lazy load')}" in lines[2]
-    assert lines[3].startswith("  1x select posts.id, posts.title, posts.author_id from posts")
+    assert lines[3].startswith("  1x select posts.id")
+    assert lines[3].endswith("from posts order by posts.id")
     assert " ms" in log.report()

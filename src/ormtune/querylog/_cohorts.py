@@ -161,8 +161,10 @@ class LazyLoad:
 
 def lazy_load_of(orm_execute_state: ORMExecuteState) -> LazyLoad | None:
     """The lazy load an ORM execution is, or None for any other execution."""
+    if not orm_execute_state.is_select:  # SQLAlchemy 2.0 raises on the next line otherwise
+        return None
     state = orm_execute_state.lazy_loaded_from
-    if state is None or not orm_execute_state.is_select:
+    if state is None:
         return None
     path = orm_execute_state.loader_strategy_path
     prop = getattr(path, "prop", None)
