@@ -1,0 +1,99 @@
+"""What every benchmark here shares: a scratch database, interleaved timing, tables.
+
+The machine is shared and noisy, so variants are never timed one after the other: each round
+runs every variant once, in an order that rotates from round to round, and the report uses
+medians over rounds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import secrets
+import shlex
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import sqlalchemy
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from sqlalchemy.engine import URL
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def scratch_postgres(url: str, prefix: str) -> Iterator[URL]:
+    """A new, empty PostgreSQL database for the benchmark, dropped afterwards."""
+    admin_url = make_url(url)
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield admin_url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], object]], rounds: int, *, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one call per round, in a rotating order."""
+    names = list(variants)
+    if warmup:
+        for name in names:
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(headers), *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    )
+
+
+def environment(extra: Mapping[str, str] | None = None) -> str:
+    """One line describing where and how the figures were made."""
+    parts = [
+        datetime.date.today().isoformat(),
+        f"Python {platform.python_version()}",
+        f"SQLAlchemy {sqlalchemy.__version__}",
+        *(f"{key} {value}" for key, value in (extra or {}).items()),
+    ]
+    return ", ".join(parts)
+
+
+def command_line() -> str:
+    """The command that made the figures, as someone at the repository root would type it."""
+    return shlex.join([os.path.relpath(sys.executable), *sys.argv])

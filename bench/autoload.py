@@ -1,0 +1,195 @@
+"""N+1 loops: plain lazy loading, hand-written selectinload / joinedload, and ormtune.autoload().
+
+The naive loop (for each user, read ``user.payments``; for each payment, read ``payment.user``)
+runs at N = 10, 100 and 1,000 users on PostgreSQL, in a fresh session each time, under every
+loading strategy; rounds are interleaved and the report gives queries per run and the median
+time, with autoload's ratios against hand-written selectinload and plain lazy loading.
+
+Run from the repository root::
+
+    .venv/bin/python bench/autoload.py
+    .venv/bin/python bench/autoload.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ForeignKey, String, create_engine, insert, select
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    joinedload,
+    mapped_column,
+    relationship,
+    selectinload,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _harness
+
+import ormtune
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm.interfaces import ORMOption
+
+PAYMENTS_EACH = 5
+TARGET_VS_SELECTIN = 1.15
+TARGET_VS_LAZY_AT_100 = 3.0
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "bench_users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    payments: Mapped[list[Payment]] = relationship(back_populates="user", order_by="Payment.id")
+
+
+class Payment(Base):
+    __tablename__ = "bench_payments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    amount: Mapped[int]
+    user_id: Mapped[int] = mapped_column(ForeignKey("bench_users.id"), index=True)
+    user: Mapped[User] = relationship(back_populates="payments")
+
+
+def seed(engine: Engine, users: int) -> None:
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(User), [{"id": i, "name": f"user {i}"} for i in range(1, users + 1)])
+        conn.execute(
+            insert(Payment),
+            [
+                {"id": i * PAYMENTS_EACH + j, "amount": j + 1, "user_id": i}
+                for i in range(1, users + 1)
+                for j in range(PAYMENTS_EACH)
+            ],
+        )
+
+
+def naive_loop(engine: Engine, users: int, options: tuple[ORMOption, ...]) -> int:
+    """The code people write: loop over users, their payments, and each payment's user."""
+    total = 0
+    with Session(engine) as session:
+        query = select(User).order_by(User.id).limit(users).options(*options)
+        for user in session.scalars(query).unique():
+            for payment in user.payments:
+                total += payment.amount + len(payment.user.name)
+    return total
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    options: tuple[ORMOption, ...] = ()
+    autoload: bool = False
+
+
+STRATEGIES = [
+    Strategy("plain lazy"),
+    Strategy("selectinload", (selectinload(User.payments),)),
+    Strategy("joinedload", (joinedload(User.payments),)),
+    Strategy("autoload", autoload=True),
+]
+
+
+def runner(engine: Engine, users: int, strategy: Strategy) -> Callable[[], int]:
+    def run() -> int:
+        if strategy.autoload:
+            with ormtune.autoload():
+                return naive_loop(engine, users, strategy.options)
+        return naive_loop(engine, users, strategy.options)
+
+    return run
+
+
+def count_queries(engine: Engine, run: Callable[[], int]) -> tuple[int, int]:
+    with ormtune.capture(engine) as log:
+        result = run()
+    return log.count, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--postgres", default=_harness.DEFAULT_POSTGRES)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    headers = ["N users", "strategy", "queries", "median ms", "vs selectinload", "vs plain lazy"]
+    rows: list[list[object]] = []
+    verdicts: list[str] = []
+    with _harness.scratch_postgres(args.postgres, "ormtune_bench_autoload") as url:
+        engine = create_engine(url)
+        try:
+            seed(engine, max(sizes))
+            for users in sizes:
+                runs = {s.name: runner(engine, users, s) for s in STRATEGIES}
+                counts = {name: count_queries(engine, run) for name, run in runs.items()}
+                results = {result for _, result in counts.values()}
+                assert len(results) == 1, f"strategies disagree on the result: {counts}"
+                times = _harness.interleaved(runs, rounds)
+                medians = {name: _harness.median(t) for name, t in times.items()}
+                rows += [
+                    [
+                        users,
+                        name,
+                        counts[name][0],
+                        f"{medians[name] * 1000:.2f}",
+                        f"{medians[name] / medians['selectinload']:.2f}x",
+                        f"{medians[name] / medians['plain lazy']:.2f}x",
+                    ]
+                    for name in runs
+                ]
+                auto, selectin = counts["autoload"][0], counts["selectinload"][0]
+                ratio = medians["autoload"] / medians["selectinload"]
+                speedup = medians["plain lazy"] / medians["autoload"]
+                verdicts.append(
+                    f"N={users}: autoload {auto} queries vs selectinload {selectin} "
+                    f"({'ok' if auto <= selectin + 1 else 'MISSED'}: at most +1); "
+                    f"time {ratio:.2f}x selectinload "
+                    f"({'ok' if ratio <= TARGET_VS_SELECTIN else 'MISSED'}: at most "
+                    f"{TARGET_VS_SELECTIN}x); {speedup:.1f}x faster than plain lazy"
+                    + (
+                        f" ({'ok' if speedup >= TARGET_VS_LAZY_AT_100 else 'MISSED'}: at least "
+                        f"{TARGET_VS_LAZY_AT_100}x at N=100)"
+                        if users == 100
+                        else ""
+                    )
+                )
+        finally:
+            engine.dispose()
+
+    print(_harness.text_table(headers, rows))
+    print()
+    print("\n".join(verdicts))
+    environment = _harness.environment({"rounds": str(rounds)})
+    print(f"\n{environment}\ncommand: {_harness.command_line()}")
+    if args.markdown:
+        args.markdown.write_text(
+            _harness.markdown_table(headers, rows)
+            + "\n\n"
+            + "\n".join(f"- {line}" for line in verdicts)
+            + f"\n\n{environment}\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
