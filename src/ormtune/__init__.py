@@ -25,6 +25,8 @@ from ormtune.batchload import Autoload, autoload, autoload_option
 from ormtune.exceptions import (
     ConfigurationError,
     MissingDependencyError,
+    NPlusOneError,
+    NPlusOneWarning,
     OrmtuneError,
     QueryCountError,
 )
@@ -45,6 +47,8 @@ __all__ = [
     "CallSite",
     "ConfigurationError",
     "MissingDependencyError",
+    "NPlusOneError",
+    "NPlusOneWarning",
     "OrmtuneError",
     "QueryCountError",
     "QueryEvent",

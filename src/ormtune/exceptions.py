@@ -1,11 +1,17 @@
-"""Every error ormtune raises, in one tree.
+"""Every error ormtune raises, in one tree, and the warnings it gives.
 
     OrmtuneError                      base class; catch this to catch anything ormtune raises
     ├── ConfigurationError(ValueError) an argument or setting ormtune cannot use
     ├── MissingDependencyError(ImportError)
     │                                 an optional dependency is not installed; names the extra
+    ├── NPlusOneError(AssertionError) N+1 or repeated queries found by ormtune.nplusone in
+    │                                 "raise" mode; names the loop's line and the fix
     └── QueryCountError(AssertionError)
                                       a query budget was exceeded (or, when exact, missed)
+
+    UserWarning
+    └── NPlusOneWarning               the same findings in "warn" mode, one warning each,
+                                      reported at the line of the loop
 
 Errors that say what the *caller* got wrong in the type of an argument are plain ``TypeError``,
 as Python's own functions raise them. Third-party errors are translated in one place with
@@ -14,9 +20,16 @@ as Python's own functions raise them. Third-party errors are translated in one p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = [
     "ConfigurationError",
     "MissingDependencyError",
+    "NPlusOneError",
+    "NPlusOneWarning",
     "OrmtuneError",
     "QueryCountError",
 ]
@@ -42,6 +55,24 @@ class MissingDependencyError(OrmtuneError, ImportError):
             f"Install it with: pip install 'ormtune[{extra}]'",
             name=package,
         )
+
+
+class NPlusOneError(OrmtuneError, AssertionError):
+    """N+1 detection in "raise" mode found wasted queries.
+
+    A lazy load that makes an N+1 raises this at the second lazy load, inside the loop, so the
+    traceback points at the line to fix; repeated queries raise it when the detection block
+    ends. It is an ``AssertionError`` so test runners report it as a failed assertion.
+    ``findings`` holds the :class:`~ormtune.nplusone.Finding` objects it reports.
+    """
+
+    def __init__(self, message: str, *, findings: Sequence[object]) -> None:
+        super().__init__(message)
+        self.findings = tuple(findings)
+
+
+class NPlusOneWarning(UserWarning):
+    """N+1 detection in "warn" mode found wasted queries; the warning's location is the loop."""
 
 
 class QueryCountError(OrmtuneError, AssertionError):

@@ -12,6 +12,7 @@ PACKAGES = [
     "ormtune.exceptions",
     "ormtune.typing",
     "ormtune.querylog",
+    "ormtune.nplusone",
     "ormtune.batchload",
     "ormtune.testing",
 ]

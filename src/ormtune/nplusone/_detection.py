@@ -1,0 +1,453 @@
+"""Detections: one unit of work watched for N+1 and repeated queries, and what they found.
+
+An N+1 is decided per cohort (the instances one query loaded): the tally of relationship R on a
+cohort counts the distinct members R was lazily loaded for, and the second member makes it an
+N+1. Tallies live in the cohort's ``notes`` under a key of the detection, so they die with the
+cohort and a process-wide detection keeps nothing per object.
+
+Repeated queries are decided per unit of work: SELECTs are grouped by fingerprint and
+call-site, and a group with ``repeated_threshold`` statements or more is a finding, not
+counting lazy loads that are part of an N+1 (they are reported once, as that N+1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from ormtune.exceptions import NPlusOneError, NPlusOneWarning
+from ormtune.nplusone import _hooks
+from ormtune.nplusone._findings import (
+    BATCH_ADVICE,
+    Finding,
+    FindingKind,
+    describe,
+    loader_option,
+    relationship_name,
+)
+from ormtune.nplusone._settings import (
+    DEFAULT_REPEATED_THRESHOLD,
+    Mode,
+    Settings,
+    settings,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from contextvars import Token
+    from types import TracebackType
+
+    from sqlalchemy.orm.state import InstanceState
+
+    from ormtune.nplusone._hooks import Callsites, LazyMark
+    from ormtune.querylog import CallSite, Cohort, LazyLoad
+
+__all__ = ["Detection", "Tally", "detect", "install", "uninstall"]
+
+logger = logging.getLogger("ormtune.nplusone")
+
+_serials = itertools.count(1)
+
+
+class Tally:
+    """Lazy loads of one relationship on one cohort, as one detection counted them."""
+
+    __slots__ = ("fingerprint", "loads", "members", "pattern")
+
+    def __init__(self) -> None:
+        self.members: weakref.WeakSet[InstanceState[Any]] = weakref.WeakSet()
+        self.loads = 0
+        self.pattern: _Pattern | None = None  # set once this is an N+1
+        self.fingerprint: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Pattern:
+    """A finding being accumulated: a relationship's N+1 at one line, or a repeated SELECT."""
+
+    order: int
+    kind: FindingKind
+    relationship: str | None
+    callsite: CallSite | None
+    fingerprint: str | None
+    fix: str
+    allowed: bool
+    count: int = 0
+    reported: bool = False
+
+    def finding(self) -> Finding:
+        return Finding(
+            self.kind, self.relationship, self.count, self.callsite, self.fingerprint, self.fix
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    """The SELECTs of one fingerprint from one call-site; lazy loads keep their marks."""
+
+    order: int
+    plain: int = 0
+    lazy: list[LazyMark] = field(default_factory=list)
+
+
+def _warn(finding: Finding) -> None:
+    if finding.callsite is None:
+        warnings.warn(str(finding), NPlusOneWarning, stacklevel=4)
+    else:
+        # Attributed to the loop's line, not to ormtune or SQLAlchemy.
+        warnings.warn_explicit(
+            str(finding), NPlusOneWarning, finding.callsite.filename, finding.callsite.lineno
+        )
+
+
+class Detection:
+    """One unit of work (a request, a test, a ``with`` block) watched for N+1 queries.
+
+    Create it with :func:`detect` and use it as ``with`` or ``async with``; it is active in the
+    context that entered it (this thread or asyncio task, and the tasks it starts). What it
+    found is in :attr:`findings`, during the block and after it; :meth:`report` prints them.
+    :func:`install` makes one that acts wherever no block is open.
+    """
+
+    __slots__ = (
+        "_cohorts",
+        "_groups",
+        "_lock",
+        "_notes_key",
+        "_order",
+        "_patterns",
+        "_state",
+        "_token",
+        "installed",
+        "settings",
+    )
+
+    def __init__(self, settings: Settings, *, installed: bool = False) -> None:
+        self.settings = settings
+        self.installed = installed
+        self._notes_key = ("ormtune.nplusone", next(_serials))
+        self._lock = threading.Lock()
+        self._order = itertools.count()
+        self._patterns: dict[tuple[object, ...], _Pattern] = {}
+        self._groups: dict[tuple[str, CallSite | None], _Group] = {}
+        self._cohorts: weakref.WeakSet[Cohort] = weakref.WeakSet()  # holding our tallies
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._token: Token[tuple[Detection, ...]] | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return self.settings.mode
+
+    @property
+    def active(self) -> bool:
+        """Whether the detection is open and watching."""
+        return self._state == "open" and self.mode != "off"
+
+    # -- the unit of work -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Begin watching (what entering the ``with`` block does)."""
+        if self._state != "new":
+            raise RuntimeError(
+                "this N+1 detection was already started; create a new one with detect()"
+            )
+        if self.mode != "off":
+            if self.installed:
+                _hooks.install(self)
+            else:
+                _hooks.acquire()
+                self._token = _hooks.push(self)
+        self._state = "open"
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and report what is still unreported, as the mode says: log it, warn,
+        or (``"raise"``) raise :class:`~ormtune.exceptions.NPlusOneError`."""
+        __tracebackhide__ = True
+        self._stop(may_raise=True)
+
+    def _stop(self, *, may_raise: bool) -> None:
+        __tracebackhide__ = True
+        if self._state != "open":
+            return
+        self._state = "closed"
+        if self.mode == "off":
+            return
+        if self.installed:
+            _hooks.uninstall(self)
+            self._forget_tallies()
+            return
+        token, self._token = self._token, None
+        try:
+            if token is not None:
+                _hooks.pop(self, token)
+        finally:
+            _hooks.release()
+        self._forget_tallies()
+        self._conclude(may_raise=may_raise)
+
+    def _forget_tallies(self) -> None:
+        """Take this detection's tallies off the cohorts that outlive it."""
+        for cohort in list(self._cohorts):
+            with cohort.lock:
+                cohort.notes.pop(self._notes_key, None)
+        self._cohorts.clear()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        __tracebackhide__ = True
+        # An exception leaving the block goes on unchanged; findings are still logged or warned.
+        self._stop(may_raise=exc_type is None)
+
+    async def __aenter__(self) -> Self:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        __tracebackhide__ = True
+        self._stop(may_raise=exc_type is None)
+
+    # -- results ----------------------------------------------------------------------------
+
+    @property
+    def findings(self) -> list[Finding]:
+        """What was found so far, in the order it first happened; allowed findings are left
+        out. Repeated queries count up to the moment of asking."""
+        with self._lock:
+            self._update_repeated()
+            patterns = sorted(self._patterns.values(), key=lambda pattern: pattern.order)
+            return [pattern.finding() for pattern in patterns if not pattern.allowed]
+
+    def report(self) -> str:
+        """The findings as readable text (``"no N+1 or repeated queries"`` when clean)."""
+        return describe(self.findings)
+
+    def __repr__(self) -> str:
+        return f"<Detection mode={self.mode!r} {self._state}, {len(self._patterns)} patterns>"
+
+    def _conclude(self, *, may_raise: bool) -> None:
+        __tracebackhide__ = True
+        with self._lock:
+            self._update_repeated()
+            pending = sorted(
+                (p for p in self._patterns.values() if not p.allowed and not p.reported),
+                key=lambda pattern: pattern.order,
+            )
+            for pattern in pending:
+                pattern.reported = True
+            findings = [pattern.finding() for pattern in pending]
+        self._emit(findings, may_raise=may_raise)
+
+    def _emit(self, findings: list[Finding], *, may_raise: bool) -> None:
+        __tracebackhide__ = True
+        if not findings:
+            return
+        if self.mode == "log":
+            for finding in findings:
+                logger.warning("%s", finding)
+        elif self.mode == "warn":
+            for finding in findings:
+                _warn(finding)
+        elif self.mode == "raise" and may_raise:
+            raise NPlusOneError(describe(findings), findings=findings)
+
+    # -- called by the hooks ----------------------------------------------------------------
+
+    def on_lazy_load(
+        self, lazy: LazyLoad, callsites: Callsites
+    ) -> tuple[Tally | None, NPlusOneError | None]:
+        """Count a lazy load that is about to run; the error to raise, in ``"raise"`` mode,
+        when it is the second member of its cohort to load the relationship."""
+        cohort = lazy.cohort
+        if cohort is None:
+            return None, None
+        with cohort.lock:
+            tallies: dict[object, Tally] | None = cohort.notes.get(self._notes_key)
+            if tallies is None:
+                tallies = cohort.notes[self._notes_key] = {}
+                with self._lock:
+                    self._cohorts.add(cohort)
+            tally = tallies.get(lazy.relationship)
+            if tally is None:
+                tally = tallies[lazy.relationship] = Tally()
+            tally.loads += 1
+            tally.members.add(lazy.state)
+            with self._lock:
+                if tally.pattern is not None:
+                    tally.pattern.count += 1
+                    return tally, None
+                if len(tally.members) < 2:
+                    return tally, None
+                # The second member of the cohort: an N+1, from this line.
+                pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
+                tally.pattern = pattern
+                pattern.count += tally.loads
+                if pattern.fingerprint is None:
+                    pattern.fingerprint = tally.fingerprint
+                if pattern.allowed:
+                    return tally, None
+                if self.mode == "raise":
+                    pattern.reported = True
+                    finding = pattern.finding()
+                    return tally, NPlusOneError(str(finding), findings=[finding])
+                if not (self.installed and new):
+                    return tally, None
+                # An installed detection has no end to report at: report the pattern now, once.
+                pattern.reported = True
+                finding = pattern.finding()
+        self._emit([finding], may_raise=False)
+        return tally, None
+
+    def _n_plus_one(self, lazy: LazyLoad, callsite: CallSite | None) -> tuple[_Pattern, bool]:
+        """The N+1 pattern of ``lazy``'s relationship at ``callsite``, and whether it is new.
+        Called with the lock held."""
+        name = relationship_name(lazy.relationship)
+        key = ("n+1", name, callsite)
+        pattern = self._patterns.get(key)
+        if pattern is not None:
+            return pattern, False
+        pattern = self._patterns[key] = _Pattern(
+            order=next(self._order),
+            kind="n+1",
+            relationship=name,
+            callsite=callsite,
+            fingerprint=None,
+            fix=loader_option(lazy.relationship),
+            allowed=self.settings.allows(name, callsite),
+        )
+        return pattern, True
+
+    def on_lazy_loaded(self, tally: Tally | None, fingerprint: str) -> None:
+        """Note the statement a lazy load ran, for the finding it may become part of."""
+        if tally is None:
+            return
+        with self._lock:
+            if tally.fingerprint is None:
+                tally.fingerprint = fingerprint
+            pattern = tally.pattern
+            if pattern is not None and pattern.fingerprint is None:
+                pattern.fingerprint = fingerprint
+
+    def on_select(self, fingerprint: str, callsites: Callsites, mark: LazyMark | None) -> None:
+        """Count a SELECT run in this unit of work, for repeated-query findings."""
+        if self.installed or self.settings.repeated_threshold is None:
+            return
+        callsite = callsites.get(self.settings.skip_modules)
+        with self._lock:
+            key = (fingerprint, callsite)
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(next(self._order))
+            if mark is None:
+                group.plain += 1
+            else:
+                group.lazy.append(mark)
+
+    def _update_repeated(self) -> None:
+        """Turn groups at or over the threshold into (or update) repeated-query patterns.
+        Called with the lock held."""
+        threshold = self.settings.repeated_threshold
+        if threshold is None:
+            return
+        for (fingerprint, callsite), group in self._groups.items():
+            key = ("repeated", fingerprint, callsite)
+            # Lazy loads that belong to an N+1 are reported as that N+1, not twice.
+            lazy = [mark for mark in group.lazy if mark.tally is None or mark.tally.pattern is None]
+            count = group.plain + len(lazy)
+            pattern = self._patterns.get(key)
+            if count < threshold:
+                # Lazy loads can turn out to be part of an N+1 after a look at the findings.
+                if pattern is not None and not pattern.reported:
+                    del self._patterns[key]
+                continue
+            relationships = {(mark.relationship, mark.option) for mark in lazy}
+            relationship, fix = None, BATCH_ADVICE
+            if not group.plain and len(relationships) == 1:
+                relationship, fix = relationships.pop()
+            if pattern is None:
+                pattern = self._patterns[key] = _Pattern(
+                    order=group.order,
+                    kind="repeated",
+                    relationship=relationship,
+                    callsite=callsite,
+                    fingerprint=fingerprint,
+                    fix=fix,
+                    allowed=False,
+                )
+            pattern.relationship, pattern.fix, pattern.count = relationship, fix, count
+            pattern.allowed = self.settings.allows(relationship, callsite)
+
+
+def detect(
+    mode: Mode = "warn",
+    *,
+    allow: Iterable[str] = (),
+    allow_callsites: Iterable[str] = (),
+    repeated_threshold: int | None = DEFAULT_REPEATED_THRESHOLD,
+    skip_modules: Iterable[str] = (),
+) -> Detection:
+    """Watch a block of code for N+1 queries and repeated queries: ``with detect(...) as d:``.
+
+    Reported inside the block: a relationship lazy-loaded for two or more of the objects one
+    query loaded (an N+1), and a SELECT run ``repeated_threshold`` times or more from one line
+    (None turns that off). Objects must be loaded while detection (or
+    :func:`ormtune.querylog.track_cohorts`) is on for their lazy loads to count.
+
+    ``mode`` says what a finding does: ``"warn"`` (an
+    :class:`~ormtune.exceptions.NPlusOneWarning` at the loop's line, when the block ends),
+    ``"raise"`` (:class:`~ormtune.exceptions.NPlusOneError` at the second lazy load, or at the
+    end of the block for repeated queries), ``"log"`` (the ``ormtune.nplusone`` logger, when
+    the block ends) or ``"off"``. ``allow`` exempts relationships (``"User.payments"``,
+    ``"User.*"``), ``allow_callsites`` exempts lines of code, matched with fnmatch against
+    ``"file:line"`` and ``"file:function"`` (``"*/reports.py:*"``); ``skip_modules`` adds
+    module prefixes to skip, like a data-access layer, when finding the loop's line.
+    """
+    return Detection(
+        settings(mode, allow, allow_callsites, repeated_threshold, skip_modules, caller="detect()")
+    )
+
+
+def install(
+    mode: Mode = "warn",
+    *,
+    allow: Iterable[str] = (),
+    allow_callsites: Iterable[str] = (),
+    skip_modules: Iterable[str] = (),
+) -> Detection:
+    """Turn N+1 detection on for the whole process, wherever no :func:`detect` block is open.
+
+    Each N+1 pattern (a relationship at a line) is logged or warned once, when it first
+    happens, so its count is then 2; ``"raise"`` raises at every N+1. Repeated queries need a
+    unit of work to be counted in, so they are found only inside :func:`detect` blocks (wrap
+    each request in one). Returns the installed :class:`Detection`; :func:`uninstall` (or its
+    ``stop()``) removes it. Installing twice is an error.
+    """
+    detection = Detection(
+        settings(mode, allow, allow_callsites, None, skip_modules, caller="install()"),
+        installed=True,
+    )
+    return detection.start()
+
+
+def uninstall() -> Detection | None:
+    """Remove the detection :func:`install` installed, and return it (None if there was none)."""
+    detection = _hooks.installed()
+    if detection is not None:
+        detection.stop()
+    return detection
