@@ -44,14 +44,14 @@ _WS, _COMMENT, _STRING, _NUMBER, _PARAM, _QIDENT, _WORD, _OP = range(8)
 _COMMON_PATTERNS = [
     (_WS, r"\s+"),
     (_COMMENT, r"--[^\n]*|/\*.*?\*/"),
-    (_STRING, r"\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$"),  # PostgreSQL dollar quoting
+    (_STRING, r"\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?(tag)(?P=tag))\$"),  # PostgreSQL dollar quoting
     (_PARAM, r"\$\d+|%\(\w+\)s|%s|\?|(?<!:):(?!:)[A-Za-z_]\w*|:\d+"),
     (_QIDENT, r'"(?:[^"]|"")*"|`(?:[^`]|``)*`'),
     (_NUMBER, r"0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"),
     (_WORD, r"[^\W\d][\w$]*"),
-    (_OP, r"::|<>|!=|<=|>=|\|\||->>|->|#>>|#>|@>|<@|&&|<<|>>|!~\*|~\*|!~|.|\n"),
+    (_OP, r"::|\.\.\.|<>|!=|<=|>=|\|\||->>|->|#>>|#>|@>|<@|&&|<<|>>|!~\*|~\*|!~|.|\n"),
 ]
-_STANDARD_STRING = r"[EeNnXxBbUu]?&?'(?:[^']|'')*'"
+_STANDARD_STRING = r"[Ee]'(?:[^'\\]|\\.|'')*'|[NnXxBbUu]?&?'(?:[^']|'')*'"
 _BACKSLASH_STRING = r"[NnXxBb_]?'(?:[^'\\]|\\.|'')*'"
 
 
@@ -114,10 +114,10 @@ def _tokens(sql: str, backslash_escapes: bool) -> list[tuple[int, str]]:
                 out.append((_NUMBER, text))
             else:
                 out.append((_WORD, lowered))
-        elif kind == _OP and text == ";" and not sql[match.end() :].strip():
-            continue  # a trailing semicolon is not part of the statement's shape
         else:
             out.append((kind, text))
+    while out and out[-1] == (_OP, ";"):
+        out.pop()  # a trailing semicolon is not part of the statement's shape
     return out
 
 
@@ -248,6 +248,8 @@ def _join(words: list[str]) -> str:
 
 
 def _statement_kind(tokens: list[tuple[int, str]]) -> StatementKind:
+    if tokens and tokens[0] == (_OP, "("):
+        return StatementKind.SELECT
     if not tokens or tokens[0][0] != _WORD:
         return StatementKind.OTHER
     first = tokens[0][1]
@@ -263,8 +265,6 @@ def _statement_kind(tokens: list[tuple[int, str]]) -> StatementKind:
             elif depth == 0 and kind == _WORD and text in _KIND_WORDS:
                 return _KIND_WORDS[text]
         return StatementKind.OTHER
-    if first == "(":
-        return StatementKind.SELECT
     return _KIND_WORDS.get(first, StatementKind.OTHER)
 
 
@@ -292,7 +292,10 @@ def _cte_names(tokens: list[tuple[int, str]]) -> set[str]:
     """Names defined by ``WITH name AS (...)``: they are not tables."""
     names: set[str] = set()
     for i, (kind, text) in enumerate(tokens):
-        if kind == _WORD and text == "as" and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+        k = i + 1
+        while k < len(tokens) and tokens[k] in ((_WORD, "not"), (_WORD, "materialized")):
+            k += 1  # AS [NOT] MATERIALIZED (
+        if kind == _WORD and text == "as" and k < len(tokens) and tokens[k][1] == "(":
             j = i - 1
             if j >= 0 and tokens[j][1] == ")":  # name (col, col) AS (
                 depth = 0
@@ -355,14 +358,16 @@ def _tables(tokens: list[tuple[int, str]], kind: StatementKind) -> tuple[str, ..
             continue
         if text == "from" and paren_is_from_function and paren_is_from_function[-1]:
             continue
-        while i < len(tokens) and tokens[i][0] == _WORD and tokens[i][1] in _TABLE_NOISE:
-            i += 1
         in_list = text in ("from", "truncate", "using") or (
             text == "table" and tokens[0][1] in _TABLE_LIST_STATEMENTS
         )
         while True:
+            while i < len(tokens) and tokens[i][0] == _WORD and tokens[i][1] in _TABLE_NOISE:
+                i += 1
             name, after = _read_name(tokens, i)
-            if name is None or name in _CLAUSE_WORDS or name in _TABLE_INTRODUCERS:
+            if name is None or (
+                tokens[i][0] == _WORD and (name in _CLAUSE_WORDS or name in _TABLE_INTRODUCERS)
+            ):
                 break
             is_call = after < len(tokens) and tokens[after][1] == "("
             if not is_call or text in ("into", "table", "on", "references"):
