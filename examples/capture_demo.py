@@ -16,6 +16,7 @@ from sqlalchemy.orm import (
 )
 
 import ormtune
+from ormtune import nplusone
 from ormtune.testing import assert_max_queries
 
 
@@ -79,7 +80,14 @@ def main() -> None:
         shelf(session, eager=True)
     print("...and the eager version stays within its budget of 2 queries.\n")
 
-    print("4. Or leave the naive loop as it is and turn on ormtune.autoload():\n")
+    print("4. N+1 detection names the loop and the fix (nplusone.detect, or in pytest):\n")
+    try:
+        with nplusone.detect("raise"), Session(engine) as session:
+            shelf(session, eager=False)
+    except ormtune.NPlusOneError as error:
+        print(f"NPlusOneError: {error}\n")
+
+    print("5. Or leave the naive loop as it is and turn on ormtune.autoload():\n")
     with ormtune.autoload(), ormtune.capture() as log, Session(engine) as session:
         naive = shelf(session, eager=False)
     with Session(engine) as session:
