@@ -1,9 +1,16 @@
-"""N+1 loops: plain lazy loading, hand-written selectinload / joinedload, and ormtune.autoload().
+"""N+1 loops: plain lazy loading, hand-written selectinload / joinedload, and ormtune.autoload();
+and the cost of N+1 detection.
 
 The naive loop (for each user, read ``user.payments``; for each payment, read ``payment.user``)
 runs at N = 10, 100 and 1,000 users on PostgreSQL, in a fresh session each time, under every
 loading strategy; rounds are interleaved and the report gives queries per run and the median
-time, with autoload's ratios against hand-written selectinload and plain lazy loading.
+time, with autoload's ratios against hand-written selectinload and plain lazy loading. Then the
+same loop runs with ``ormtune.nplusone.detect("log")`` on and off (findings go to a
+``NullHandler``: records are made, nothing is printed), plain and with selectinload.
+
+Each variant runs in a process of its own, set up once (ormtune installed at start-up, as an
+application does), and the timed runs are interleaved across those processes in a rotating
+order, one at a time.
 
 Run from the repository root::
 
@@ -14,6 +21,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +43,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _harness
 
 import ormtune
+from ormtune.nplusone import detect, install
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import URL, Engine
     from sqlalchemy.orm.interfaces import ORMOption
 
 PAYMENTS_EACH = 5
 TARGET_VS_SELECTIN = 1.15
+TARGET_DETECTION = 1.10
 TARGET_VS_LAZY_AT_100 = 3.0
 
 
@@ -106,23 +116,74 @@ STRATEGIES = [
 ]
 
 
-def runner(engine: Engine, users: int, strategy: Strategy) -> Callable[[], int]:
-    def run() -> int:
+def runner(url: URL, users: int, strategy: Strategy) -> Callable[[], Callable[[], int]]:
+    """A factory run in the variant's own process: engine (and autoload) set up once."""
+
+    def factory() -> Callable[[], int]:
+        engine = create_engine(url)
         if strategy.autoload:
-            with ormtune.autoload():
-                return naive_loop(engine, users, strategy.options)
-        return naive_loop(engine, users, strategy.options)
+            ormtune.autoload()  # installed at start-up, as an application does
+        return lambda: naive_loop(engine, users, strategy.options)
 
-    return run
+    return factory
 
 
-def count_queries(engine: Engine, run: Callable[[], int]) -> tuple[int, int]:
-    with ormtune.capture(engine) as log:
-        result = run()
+def detected(factory: Callable[[], Callable[[], int]]) -> Callable[[], Callable[[], int]]:
+    """The same variant with N+1 detection on: installed once, and a detect() block per run
+    (one unit of work, as a request or a test opens one)."""
+
+    def detected_factory() -> Callable[[], int]:
+        install("log")
+        run = factory()
+
+        def run_detected() -> int:
+            with detect("log"):
+                return run()
+
+        return run_detected
+
+    return detected_factory
+
+
+def detection_overhead(url: URL, users: int, rounds: int) -> tuple[list[list[object]], str]:
+    factories: dict[str, Callable[[], Callable[[], int]]] = {}
+    for strategy in STRATEGIES[:2]:  # plain lazy (N+1s found) and selectinload (none)
+        factory = runner(url, users, strategy)
+        factories[strategy.name] = factory
+        factories[f"{strategy.name} + detect"] = detected(factory)
+    times = _harness.interleaved_processes(factories, rounds)
+    medians = {name: _harness.median(t) for name, t in times.items()}
+    rows: list[list[object]] = []
+    ratios = []
+    for strategy in STRATEGIES[:2]:
+        off, on = medians[strategy.name], medians[f"{strategy.name} + detect"]
+        ratios.append(on / off)
+        rows.append(
+            [users, strategy.name, f"{off * 1000:.2f}", f"{on * 1000:.2f}", f"{on / off:.3f}"]
+        )
+    worst = max(ratios)
+    verdict = (
+        f"detection at N={users}: worst ratio on/off {worst:.3f} "
+        f"({'ok' if worst <= TARGET_DETECTION else 'MISSED'}: at most {TARGET_DETECTION})"
+    )
+    return rows, verdict
+
+
+def count_queries(engine: Engine, users: int, strategy: Strategy) -> tuple[int, int]:
+    scope = ormtune.autoload() if strategy.autoload else None
+    try:
+        with ormtune.capture(engine) as log:
+            result = naive_loop(engine, users, strategy.options)
+    finally:
+        if scope is not None:
+            scope.close()
     return log.count, result
 
 
 def main() -> None:
+    quiet = logging.getLogger("ormtune.nplusone")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", default=_harness.DEFAULT_POSTGRES)
     parser.add_argument("--sizes", default="10,100,1000")
@@ -141,11 +202,12 @@ def main() -> None:
         try:
             seed(engine, max(sizes))
             for users in sizes:
-                runs = {s.name: runner(engine, users, s) for s in STRATEGIES}
-                counts = {name: count_queries(engine, run) for name, run in runs.items()}
+                counts = {s.name: count_queries(engine, users, s) for s in STRATEGIES}
                 results = {result for _, result in counts.values()}
                 assert len(results) == 1, f"strategies disagree on the result: {counts}"
-                times = _harness.interleaved(runs, rounds)
+                engine.dispose()  # no pooled connection crosses into the worker processes
+                runs = {s.name: runner(url, users, s) for s in STRATEGIES}
+                times = _harness.interleaved_processes(runs, rounds)
                 medians = {name: _harness.median(t) for name, t in times.items()}
                 rows += [
                     [
@@ -174,10 +236,18 @@ def main() -> None:
                         else ""
                     )
                 )
+            detection_headers = ["N users", "loop", "detect off ms", "detect on ms", "on/off"]
+            detection_rows: list[list[object]] = []
+            for users in sizes:
+                more_rows, verdict = detection_overhead(url, users, rounds)
+                detection_rows += more_rows
+                verdicts.append(verdict)
         finally:
             engine.dispose()
 
     print(_harness.text_table(headers, rows))
+    print()
+    print(_harness.text_table(detection_headers, detection_rows))
     print()
     print("\n".join(verdicts))
     environment = _harness.environment({"rounds": str(rounds)})
@@ -185,6 +255,8 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(
             _harness.markdown_table(headers, rows)
+            + "\n\n"
+            + _harness.markdown_table(detection_headers, detection_rows)
             + "\n\n"
             + "\n".join(f"- {line}" for line in verdicts)
             + f"\n\n{environment}\n"

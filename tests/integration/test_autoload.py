@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -555,3 +556,14 @@ async def test_bare_attribute_access_under_asyncio_still_raises(
     _, message, books = treated
     assert "greenlet_spawn has not been called" in message
     assert books == [22, 21, 20]
+
+
+def test_objects_loaded_while_cohorts_are_tracked_still_pickle(seeded: tuple[Engine, int]) -> None:
+    engine, n = seeded
+    with Session(engine) as session, autoload():
+        authors = session.scalars(select(Author).order_by(Author.id)).all()
+        assert sum(len(a.books) for a in authors) == 3 * authors_with_books(n)
+        copies = pickle.loads(pickle.dumps(authors))
+    assert [(a.id, [b.id for b in a.books]) for a in copies] == [
+        (a.id, [b.id for b in a.books]) for a in authors
+    ]

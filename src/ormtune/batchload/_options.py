@@ -82,8 +82,17 @@ class BatchMarker(_KeyedOption):
 
     def __init__(self, loads: list[HasCacheKey], settings: Settings) -> None:
         super().__init__((loads, settings))
-        self.load_keys = [load._generate_cache_key() for load in loads]
+        self.load_keys: list[object] = [load._generate_cache_key() for load in loads]
         self.settings = settings
+
+    def __reduce__(self) -> tuple[Any, tuple[Settings]]:
+        # Objects are pickled with their load options. Cache keys name mappers, which do not
+        # pickle; an unpickled marker vouches for nothing, so such objects lazy-load plainly.
+        return _unpickled_marker, (self.settings,)
+
+
+def _unpickled_marker(settings: Settings) -> BatchMarker:
+    return BatchMarker([], settings)
 
 
 def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | None]:

@@ -3,8 +3,11 @@
 A cohort is what N+1 detection and automatic batch loading reason about: a lazy load of
 relationship R on two members of one cohort is an N+1, and loading R for every member at once
 is its fix. Membership is recorded by the ORM's own ``load`` and ``refresh`` instance events
-(the rows of one query share one ``QueryContext``); members are held by weak reference, so a
-cohort never keeps an object alive. An instance belongs to the last query that loaded or
+(the rows of one query share one ``QueryContext``). A cohort holds its members' instance
+states, never the objects (a state refers to its object weakly), so it keeps no object alive;
+members whose object is gone are skipped. The cohort is kept in a private attribute of each
+member's state, which SQLAlchemy does not pickle (``state.info`` would be pickled with the
+object, and a cohort is not picklable). An instance belongs to the last query that loaded or
 refreshed it from a row; instances that a query returned but that were already in the identity
 map (and were not refreshed) keep their earlier cohort.
 
@@ -15,7 +18,6 @@ when the first user calls :func:`track_cohorts` and removed when the last one re
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,28 +42,28 @@ __all__ = [
 
 _CONTEXT_KEY = ("ormtune", "cohort")
 _CONTEXT_FAST_KEY = ("ormtune", "cohort", "this query")
-_STATE_KEY = "ormtune.cohort"
+_STATE_ATTRIBUTE = "_ormtune_cohort"
 
 
 class Cohort:
-    """The instances loaded by one ORM query, held by weak reference, in row order."""
+    """The instances loaded by one ORM query (their states, not the objects), in row order."""
 
     __slots__ = ("__weakref__", "_members", "lock", "notes")
 
     def __init__(self) -> None:
-        self._members: list[weakref.ref[InstanceState[Any]]] = []
+        self._members: list[InstanceState[Any]] = []
         # Per-cohort scratch space for the features that reason about it (keyed by feature).
         self.notes: dict[object, Any] = {}
         self.lock = threading.Lock()
 
     def add(self, state: InstanceState[Any]) -> None:
-        self._members.append(weakref.ref(state))
+        self._members.append(state)
+        state.__dict__[_STATE_ATTRIBUTE] = self
 
     def states(self) -> Iterator[InstanceState[Any]]:
         """Members still alive (object not garbage-collected) that still belong to this cohort."""
-        for ref in self._members:
-            state = ref()
-            if state is not None and state.obj() is not None and cohort_of(state) is self:
+        for state in self._members:
+            if state.obj() is not None and state.__dict__.get(_STATE_ATTRIBUTE) is self:
                 yield state
 
     def __len__(self) -> int:
@@ -73,7 +75,7 @@ class Cohort:
 
 def cohort_of(state: InstanceState[Any]) -> Cohort | None:
     """The cohort an instance state belongs to, if it was loaded while tracking was on."""
-    cohort: Cohort | None = state.info.get(_STATE_KEY)
+    cohort: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
     return cohort
 
 
@@ -97,12 +99,8 @@ def _join(state: InstanceState[Any], context: QueryContext) -> None:
         if cohort is None:
             cohort = attributes[key] = Cohort()
         context.attributes[_CONTEXT_FAST_KEY] = cohort
-    cohort._members.append(weakref.ref(state))
-    state.info[_STATE_KEY] = cohort
-
-
-def _on_load(state: InstanceState[Any], context: QueryContext) -> None:
-    _join(state, context)
+    cohort._members.append(state)
+    state.__dict__[_STATE_ATTRIBUTE] = cohort
 
 
 def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object) -> None:
@@ -112,7 +110,7 @@ def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object)
         _join(state, context)
 
 
-_LISTENERS = (("load", _on_load), ("refresh", _on_refresh))
+_LISTENERS = (("load", _join), ("refresh", _on_refresh))
 _lock = threading.Lock()
 _users = 0
 
@@ -142,7 +140,7 @@ def untrack_cohorts() -> None:
 
 def tracking_cohorts() -> bool:
     """Whether cohort listeners are installed right now."""
-    return event.contains(Mapper, "load", _on_load)
+    return event.contains(Mapper, "load", _join)
 
 
 @dataclass(frozen=True, slots=True)
