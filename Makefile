@@ -51,6 +51,7 @@ $(BENCH_VENV)/.installed: pyproject.toml requirements/dev.txt requirements/sqlal
 bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/capture_overhead.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/autoload.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/cohort_cost.py
 
 clean:
 	rm -rf .venv .venv-sqlalchemy-* .venv-bench .pytest_cache .mypy_cache .ruff_cache .hypothesis
