@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty, Session
@@ -18,11 +18,15 @@ from ormtune.batchload._options import (
     autoload_settings,
     check_chunk_size,
 )
-from ormtune.querylog import lazy_load_of, track_cohorts, untrack_cohorts
+from ormtune.querylog import (
+    Registration,
+    SharedHooks,
+    lazy_load_of,
+    track_cohorts,
+    untrack_cohorts,
+)
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from sqlalchemy.engine import Result
     from sqlalchemy.orm import ORMExecuteState
 
@@ -54,7 +58,6 @@ class _Scope:
 
 _lock = threading.Lock()
 _scopes: tuple[_Scope, ...] = ()  # copy-on-write; read without the lock
-_users = 0
 
 
 def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
@@ -83,24 +86,19 @@ def _on_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
     return batch_load(orm_state, lazy, settings)
 
 
-def _acquire() -> None:
-    global _users
-    with _lock:
-        _users += 1
-        if _users == 1:
-            track_cohorts()
-            if not event.contains(Session, "do_orm_execute", _on_orm_execute):
-                event.listen(Session, "do_orm_execute", _on_orm_execute, retval=True)
+def _install() -> None:
+    track_cohorts()
+    if not event.contains(Session, "do_orm_execute", _on_orm_execute):
+        event.listen(Session, "do_orm_execute", _on_orm_execute, retval=True)
 
 
-def _release() -> None:
-    global _users
-    with _lock:
-        _users -= 1
-        if _users == 0:
-            if event.contains(Session, "do_orm_execute", _on_orm_execute):
-                event.remove(Session, "do_orm_execute", _on_orm_execute)
-            untrack_cohorts()
+def _remove() -> None:
+    if event.contains(Session, "do_orm_execute", _on_orm_execute):
+        event.remove(Session, "do_orm_execute", _on_orm_execute)
+    untrack_cohorts()
+
+
+_hooks = SharedHooks(_install, _remove)
 
 
 def autoloading() -> bool:
@@ -108,42 +106,24 @@ def autoloading() -> bool:
     return event.contains(Session, "do_orm_execute", _on_orm_execute)
 
 
-class Autoload:
+class Autoload(Registration):
     """An active ``autoload()`` scope; ``close()`` (or leaving its ``with`` block) ends it.
 
     Closing the last scope removes ormtune's ORM hooks; objects loaded meanwhile are left as
     they are.
     """
 
-    __slots__ = ("_closed", "_scope")
+    __slots__ = ("_scope",)
 
     def __init__(self, scope: _Scope) -> None:
+        def end() -> None:
+            global _scopes
+            with _lock:
+                _scopes = tuple(other for other in _scopes if other is not scope)
+            _hooks.release()
+
+        super().__init__(end)
         self._scope = scope
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        global _scopes
-        with _lock:
-            if self._closed:
-                return
-            self._closed = True
-            _scopes = tuple(scope for scope in _scopes if scope is not self._scope)
-        _release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         scope = self._scope
@@ -202,7 +182,7 @@ def autoload(*targets: object, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Autoload
         else:
             relationships.add(_relationship(target))
     scope = _Scope(tuple(bases), frozenset(relationships), Settings(size))
-    _acquire()
+    _hooks.acquire()
     with _lock:
         _scopes = (*_scopes, scope)
     return Autoload(scope)
@@ -224,5 +204,5 @@ def autoload_option(*, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AutoloadOption:
     with _option_lock:
         if not _option_users:
             _option_users = True
-            _acquire()
+            _hooks.acquire()
     return AutoloadOption(Settings(size))

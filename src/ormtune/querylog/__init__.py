@@ -17,6 +17,7 @@ from ormtune.querylog._cohorts import (
     untrack_cohorts,
 )
 from ormtune.querylog._event import QueryEvent, redact
+from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryGroup, QueryLog
 from ormtune.querylog._sqltext import StatementInfo, StatementKind, analyze, fingerprint
 
@@ -29,6 +30,8 @@ __all__ = [
     "QueryEvent",
     "QueryGroup",
     "QueryLog",
+    "Registration",
+    "SharedHooks",
     "StatementInfo",
     "StatementKind",
     "analyze",

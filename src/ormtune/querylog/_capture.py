@@ -14,7 +14,7 @@ import threading
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ormtune.querylog._callsite import find_callsite
 from ormtune.querylog._event import QueryEvent, redact
+from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryLog
 from ormtune.querylog._sqltext import analyze
 
@@ -70,7 +71,6 @@ class _Sink:
 _scoped: ContextVar[tuple[_Sink, ...]] = ContextVar("ormtune_captures", default=())
 _global: tuple[_Sink, ...] = ()  # copy-on-write, read without the lock on the hot path
 _lock = threading.Lock()
-_users = 0
 
 
 def _before_cursor_execute(
@@ -199,24 +199,19 @@ _LISTENERS = (
 )
 
 
-def _acquire() -> None:
-    global _users
-    with _lock:
-        _users += 1
-        if _users == 1:
-            for name, listener in _LISTENERS:
-                if not event.contains(Engine, name, listener):
-                    event.listen(Engine, name, listener)
+def _install() -> None:
+    for name, listener in _LISTENERS:
+        if not event.contains(Engine, name, listener):
+            event.listen(Engine, name, listener)
 
 
-def _release() -> None:
-    global _users
-    with _lock:
-        _users -= 1
-        if _users == 0:
-            for name, listener in _LISTENERS:
-                if event.contains(Engine, name, listener):
-                    event.remove(Engine, name, listener)
+def _remove() -> None:
+    for name, listener in _LISTENERS:
+        if event.contains(Engine, name, listener):
+            event.remove(Engine, name, listener)
+
+
+_hooks = SharedHooks(_install, _remove)
 
 
 def listening() -> bool:
@@ -256,7 +251,7 @@ class Capture:
     def start(self) -> QueryLog:
         if self._token is not None:
             raise RuntimeError("this capture is already open; create a new one with capture()")
-        _acquire()
+        _hooks.acquire()
         self._token = _scoped.set((*_scoped.get(), self._sink))
         return self.log
 
@@ -270,7 +265,7 @@ class Capture:
             # Left in another context than it was entered in: take out only this capture.
             _scoped.set(tuple(sink for sink in _scoped.get() if sink is not self._sink))
         finally:
-            _release()
+            _hooks.release()
 
     def __enter__(self) -> QueryLog:
         return self.start()
@@ -324,38 +319,19 @@ def capture(
     return Capture(sink)
 
 
-class Observation:
+class Observation(Registration):
     """A registered observer; ``close()`` (or leaving its ``with`` block) unregisters it."""
 
-    __slots__ = ("_closed", "_sink")
+    __slots__ = ()
 
     def __init__(self, sink: _Sink) -> None:
-        self._sink = sink
-        self._closed = False
+        def unregister() -> None:
+            global _global
+            with _lock:
+                _global = tuple(other for other in _global if other is not sink)
+            _hooks.release()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        global _global
-        with _lock:
-            if self._closed:
-                return
-            self._closed = True
-            _global = tuple(sink for sink in _global if sink is not self._sink)
-        _release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(unregister)
 
 
 def observe(
@@ -384,7 +360,7 @@ def observe(
         skip_modules=tuple(skip_modules),
         observer=observer,
     )
-    _acquire()
+    _hooks.acquire()
     with _lock:
         _global = (*_global, sink)
     return Observation(sink)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty
 
+from ormtune.querylog._lifecycle import SharedHooks
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -111,31 +113,30 @@ def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object)
 
 
 _LISTENERS = (("load", _join), ("refresh", _on_refresh))
-_lock = threading.Lock()
-_users = 0
+
+
+def _install() -> None:
+    for name, listener in _LISTENERS:
+        event.listen(Mapper, name, listener, raw=True)
+
+
+def _remove() -> None:
+    for name, listener in _LISTENERS:
+        if event.contains(Mapper, name, listener):
+            event.remove(Mapper, name, listener)
+
+
+_hooks = SharedHooks(_install, _remove)
 
 
 def track_cohorts() -> None:
     """Start recording cohorts (reference-counted; pair each call with :func:`untrack_cohorts`)."""
-    global _users
-    with _lock:
-        _users += 1
-        if _users == 1:
-            for name, listener in _LISTENERS:
-                event.listen(Mapper, name, listener, raw=True)
+    _hooks.acquire()
 
 
 def untrack_cohorts() -> None:
     """Release one :func:`track_cohorts`; the last release removes the listeners."""
-    global _users
-    with _lock:
-        if _users == 0:
-            return
-        _users -= 1
-        if _users == 0:
-            for name, listener in _LISTENERS:
-                if event.contains(Mapper, name, listener):
-                    event.remove(Mapper, name, listener)
+    _hooks.release()
 
 
 def tracking_cohorts() -> bool:
