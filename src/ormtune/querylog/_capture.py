@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ormtune.querylog._callsite import find_callsite
-from ormtune.querylog._event import QueryEvent, redact
+from ormtune.querylog._event import QueryEvent
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryLog
 from ormtune.querylog._sqltext import analyze
@@ -96,7 +96,8 @@ def _after_cursor_execute(
     executemany: bool,
 ) -> None:
     ended = time.perf_counter()
-    sinks = _scoped.get() + _global
+    scoped = _scoped.get()
+    sinks = scoped + _global if _global else scoped
     if not sinks:
         return
     started = getattr(context, _STARTED, None) if context is not None else None
@@ -135,6 +136,9 @@ def _handle_error(exception_context: ExceptionContext) -> None:
     )
 
 
+_BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb"})
+
+
 def _emit(
     sinks: tuple[_Sink, ...],
     engine: Engine,
@@ -145,51 +149,49 @@ def _emit(
     rowcount: int | None,
     error: BaseException | None,
 ) -> None:
-    receivers = [sink for sink in sinks if sink.wants(engine)]
-    if not receivers:
-        return
-    info = analyze(statement, engine.dialect.name in ("mysql", "mariadb"))
-    callsites: dict[tuple[str, ...], CallSite | None] = {}
-    for sink in receivers:
-        if sink.callsites and sink.skip_modules not in callsites:
-            callsites[sink.skip_modules] = find_callsite(sink.skip_modules, depth=2)
-    callsite = next(iter(callsites.values()), None)
-    redacted: QueryEvent | None = None
-    revealed: QueryEvent | None = None
-    for sink in receivers:
-        if sink.parameters:
-            if revealed is None:
-                values = list(parameters) if executemany else parameters
-                revealed = QueryEvent(
+    info = analyze(statement, engine.dialect.name in _BACKSLASH_DIALECTS)
+    shared: QueryEvent | None = None  # the event every sink without special wishes shares
+    callsites: dict[tuple[str, ...], CallSite | None] | None = None
+    for sink in sinks:
+        if sink.engines and not sink.wants(engine):
+            continue
+        if not sink.callsites and not sink.parameters:
+            if shared is None:
+                shared = QueryEvent(
                     statement,
-                    values,
+                    parameters,
                     info,
                     duration,
                     rowcount,
                     engine,
                     executemany,
-                    callsite,
+                    None,
                     error,
                 )
-            query = revealed
-        else:
-            if redacted is None:
-                redacted = QueryEvent(
-                    statement,
-                    redact(parameters, executemany),
-                    info,
-                    duration,
-                    rowcount,
-                    engine,
-                    executemany,
-                    callsite,
-                    error,
-                )
-            query = redacted
-        wanted = callsites.get(sink.skip_modules) if sink.callsites else None
-        if query.callsite is not wanted:
-            query = replace(query, callsite=wanted)
-        sink.deliver(query)
+            sink.deliver(shared)
+            continue
+        callsite = None
+        if sink.callsites:
+            if callsites is None:
+                callsites = {}
+            if sink.skip_modules not in callsites:
+                callsites[sink.skip_modules] = find_callsite(sink.skip_modules, depth=2)
+            callsite = callsites[sink.skip_modules]
+        values = list(parameters) if executemany and sink.parameters else parameters
+        sink.deliver(
+            QueryEvent(
+                statement,
+                values,
+                info,
+                duration,
+                rowcount,
+                engine,
+                executemany,
+                callsite,
+                error,
+                sink.parameters,
+            )
+        )
 
 
 _LISTENERS = (

@@ -18,16 +18,18 @@ __all__ = ["QueryEvent", "redact"]
 class QueryEvent:
     """A statement the database executed (or refused), with what is known about it.
 
-    ``parameters`` holds parameter *shapes* (``"<int>"``, ``"<str>"``) unless the capture or
+    ``parameters`` gives parameter *shapes* (``"<int>"``, ``"<str>"``) unless the capture or
     observer asked for values: captured logs are printed in test failures and dashboards, where
-    secrets do not belong. ``duration`` is in seconds, measured around the driver's
+    secrets do not belong. (The values stay in memory with the event, unseen, and the shapes are
+    worked out when asked for: redacting every statement up front was most of capture's cost.)
+    ``duration`` is in seconds, measured around the driver's
     ``cursor.execute``. ``rowcount`` is what the driver reported, or None where it reports
     nothing useful (-1). ``callsite`` is set only when call-sites were asked for. ``error`` is
     the driver's exception when the statement failed.
     """
 
     sql: str
-    parameters: Any
+    raw_parameters: Any
     statement: StatementInfo
     duration: float
     rowcount: int | None
@@ -35,6 +37,14 @@ class QueryEvent:
     executemany: bool
     callsite: CallSite | None = None
     error: BaseException | None = None
+    reveal: bool = False
+
+    @property
+    def parameters(self) -> Any:
+        """The parameters' shapes, or their values if values were asked for."""
+        if self.reveal:
+            return self.raw_parameters
+        return redact(self.raw_parameters, self.executemany)
 
     @property
     def fingerprint(self) -> str:
@@ -69,8 +79,15 @@ class QueryEvent:
         )
 
 
+_SHAPES: dict[type, str] = {type(None): "<None>"}
+
+
 def _shape(value: object) -> str:
-    return "<None>" if value is None else f"<{type(value).__name__}>"
+    kind = type(value)
+    shape = _SHAPES.get(kind)
+    if shape is None:
+        shape = _SHAPES[kind] = f"<{kind.__name__}>"
+    return shape
 
 
 def redact(parameters: Any, executemany: bool) -> Any:
