@@ -27,6 +27,7 @@ import os
 import platform
 import secrets
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from ormtune.querylog import listening
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from types import FrameType
 
     from sqlalchemy.engine import URL, Engine
 
@@ -441,8 +443,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwind, so the scratch database is dropped
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     statements = args.selects + args.inserts
     print(f"command: {command_line()}")
     print(
