@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ormtune.querylog._callsite import find_callsite
-from ormtune.querylog._event import QueryEvent
+from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryLog
 from ormtune.querylog._sqltext import analyze
@@ -159,7 +159,7 @@ def _emit(
             if shared is None:
                 shared = QueryEvent(
                     statement,
-                    parameters,
+                    redact(parameters, executemany),
                     info,
                     duration,
                     rowcount,
@@ -177,19 +177,13 @@ def _emit(
             if sink.skip_modules not in callsites:
                 callsites[sink.skip_modules] = find_callsite(sink.skip_modules, depth=2)
             callsite = callsites[sink.skip_modules]
-        values = list(parameters) if executemany and sink.parameters else parameters
+        if sink.parameters:
+            values = list(parameters) if executemany else parameters
+        else:
+            values = redact(parameters, executemany)
         sink.deliver(
             QueryEvent(
-                statement,
-                values,
-                info,
-                duration,
-                rowcount,
-                engine,
-                executemany,
-                callsite,
-                error,
-                sink.parameters,
+                statement, values, info, duration, rowcount, engine, executemany, callsite, error
             )
         )
 

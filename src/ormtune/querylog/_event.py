@@ -18,10 +18,9 @@ __all__ = ["QueryEvent", "redact"]
 class QueryEvent:
     """A statement the database executed (or refused), with what is known about it.
 
-    ``parameters`` gives parameter *shapes* (``"<int>"``, ``"<str>"``) unless the capture or
-    observer asked for values: captured logs are printed in test failures and dashboards, where
-    secrets do not belong. (The values stay in memory with the event, unseen, and the shapes are
-    worked out when asked for: redacting every statement up front was most of capture's cost.)
+    ``parameters`` holds parameter *shapes* (``"<int>"``, ``"<str>"``) unless the capture or
+    observer asked for values: captured logs are printed in test failures, pickled and shown in
+    dashboards, where secrets do not belong, so values are dropped when the event is made.
     ``duration`` is in seconds, measured around the driver's
     ``cursor.execute``. ``rowcount`` is what the driver reported, or None where it reports
     nothing useful (-1). ``callsite`` is set only when call-sites were asked for. ``error`` is
@@ -29,7 +28,7 @@ class QueryEvent:
     """
 
     sql: str
-    raw_parameters: Any
+    parameters: Any
     statement: StatementInfo
     duration: float
     rowcount: int | None
@@ -37,14 +36,6 @@ class QueryEvent:
     executemany: bool
     callsite: CallSite | None = None
     error: BaseException | None = None
-    reveal: bool = False
-
-    @property
-    def parameters(self) -> Any:
-        """The parameters' shapes, or their values if values were asked for."""
-        if self.reveal:
-            return self.raw_parameters
-        return redact(self.raw_parameters, self.executemany)
 
     @property
     def fingerprint(self) -> str:
