@@ -1,6 +1,8 @@
 """Every error ormtune raises, in one tree, and the warnings it gives.
 
     OrmtuneError                      base class; catch this to catch anything ormtune raises
+    ├── CacheBackendError             a cache store (Redis) failed or timed out; the cache
+    │                                 falls back to the database and counts it
     ├── ConfigurationError(ValueError) an argument or setting ormtune cannot use
     ├── MissingDependencyError(ImportError)
     │                                 an optional dependency is not installed; names the extra
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "CacheBackendError",
     "ConfigurationError",
     "MissingDependencyError",
     "NPlusOneError",
@@ -37,6 +40,15 @@ __all__ = [
 
 class OrmtuneError(Exception):
     """Base class of every error ormtune raises."""
+
+
+class CacheBackendError(OrmtuneError):
+    """A cache backend could not reach its store, or the store answered with an error.
+
+    Raised by :class:`~ormtune.typing.CacheBackend` implementations, with the driver's error
+    as ``__cause__``. ``ormtune.caching`` catches it, serves the query from the database and
+    counts the failure, so an unreachable cache never fails a request.
+    """
 
 
 class ConfigurationError(OrmtuneError, ValueError):
