@@ -1,0 +1,604 @@
+"""The query cache: one object that owns a backend, its statistics and SQLAlchemy hooks.
+
+``QueryCache.install()`` registers, on the ``Session`` and ``Engine`` classes:
+
+* a ``do_orm_execute`` hook (``retval=True``) that serves statements carrying
+  :class:`~ormtune.caching.CacheOption` from the backend or fills it;
+* the write tracking of :mod:`ormtune.caching._writes`, which bumps the tokens of what each
+  transaction wrote when it commits;
+* a recorder of the statements a fill runs and the objects it loads.
+
+A hit is valid only if every token the entry depends on still has the version it had when the
+filling query started (read in the same round trip as the lookup, before the query runs). The
+fill stores with compare-and-set against that snapshot, so a commit that lands while a slow
+query runs makes its store fail instead of storing old rows as current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import weakref
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Mapper, Session
+
+from ormtune.caching import _codec
+from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
+from ormtune.caching._option import CacheOption
+from ormtune.caching._shape import (
+    FineFilter,
+    Shape,
+    fine_filters,
+    make_digest,
+    nondeterministic_call,
+    option_digest,
+)
+from ormtune.caching._stats import CacheStats, StatsRecorder
+from ormtune.caching._tokens import (
+    ANY_ROW,
+    EVERYTHING,
+    UNKNOWN_ROWS,
+    commit_counter,
+    name_token,
+    table_group,
+    value_member,
+)
+from ormtune.caching._writes import Snapshot, WriteTracker, isolation_of
+from ormtune.exceptions import CacheBackendError, ConfigurationError
+from ormtune.querylog import Cohort, analyze, fingerprint, tracking_cohorts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sqlalchemy import Connection, Table
+    from sqlalchemy.engine import FrozenResult, Result
+    from sqlalchemy.orm import InstanceState, ORMExecuteState
+
+    from ormtune.typing import CacheBackend, Token
+
+__all__ = ["QueryCache", "active_cache", "default_cache"]
+
+logger = logging.getLogger("ormtune.caching")
+
+_UNNAMED = "(unnamed)"
+_REPEATABLE = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
+_BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb"})
+
+# While a fill runs: the statements it sends and the ids of the states it loads.
+_recording: ContextVar[list[str] | None] = ContextVar("ormtune_cache_recording", default=None)
+_fresh: ContextVar[set[int] | None] = ContextVar("ormtune_cache_fresh", default=None)
+
+_active: QueryCache | None = None
+_active_lock = threading.Lock()
+
+
+def active_cache() -> QueryCache | None:
+    """The installed :class:`QueryCache`, if any."""
+    return _active
+
+
+def default_cache() -> QueryCache:
+    """The installed cache, installing an in-memory one first if there is none.
+
+    ``ormtune.cache()`` calls this, so an application that never configures a cache gets the
+    embedded default. Install yours at start-up (``QueryCache(backend=...).install()``),
+    before the first transaction that writes, so every commit after it is tracked.
+    """
+    cache = _active
+    if cache is not None:
+        return cache
+    with _active_lock:
+        if _active is None:
+            from ormtune.backends import MemoryBackend
+
+            QueryCache(MemoryBackend())._install_locked()
+        assert _active is not None
+        return _active
+
+
+class QueryCache:
+    """A query-result cache over one :class:`~ormtune.typing.CacheBackend`.
+
+    ``namespace`` and ``schema_version`` go into every key: bump ``schema_version`` (or leave
+    it ``None`` to use a fingerprint of the mapped tables' columns, the default) when a deploy
+    changes what rows look like, and entries written by the old code are never read.
+    """
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        namespace: str = "ormtune",
+        default_ttl: float | None = 300.0,
+        max_entry_bytes: int = 1 << 20,
+        fine_dependencies: bool = True,
+        error_log_interval: float = 30.0,
+    ) -> None:
+        if max_entry_bytes < 1:
+            raise ConfigurationError(f"max_entry_bytes must be positive, was {max_entry_bytes}")
+        self.backend = backend
+        self.namespace = namespace
+        self.default_ttl = default_ttl
+        self.max_entry_bytes = max_entry_bytes
+        self.fine_dependencies = fine_dependencies
+        self.error_log_interval = error_log_interval
+        self._stats = StatsRecorder()
+        self._shapes: dict[tuple[Any, ...], Shape] = {}
+        self._binds: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+        self._tracker = WriteTracker(self._bump_after_commit, self._commit_version)
+        self._pending_bumps: set[Token] = set()
+        self._pending_lock = threading.Lock()
+        self._last_error_log = -float("inf")
+        self._inflight: dict[str, threading.Event] = {}
+        self._inflight_lock = threading.Lock()
+
+    # -- installation -----------------------------------------------------------------------
+
+    def install(self) -> QueryCache:
+        """Make this the process's cache (replacing any other) and start tracking writes."""
+        with _active_lock:
+            self._install_locked()
+        return self
+
+    def _install_locked(self) -> None:
+        global _active
+        if _active is not None and _active is not self:
+            _active._uninstall_locked()
+        self._tracker.install()
+        for target, name, fn, kw in self._listeners():
+            if not event.contains(target, name, fn):
+                event.listen(target, name, fn, **kw)
+        _active = self
+
+    def uninstall(self) -> None:
+        """Remove the hooks; cached statements run uncached until a cache is installed."""
+        with _active_lock:
+            self._uninstall_locked()
+
+    def _uninstall_locked(self) -> None:
+        global _active
+        for target, name, fn, _ in self._listeners():
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+        self._tracker.remove()
+        if _active is self:
+            _active = None
+
+    def _listeners(self) -> list[tuple[Any, str, Any, dict[str, Any]]]:
+        return [
+            (Session, "do_orm_execute", self._on_orm_execute, {"retval": True}),
+            (Engine, "before_cursor_execute", _record_statement, {}),
+            (Mapper, "load", _record_fresh, {"raw": True}),
+        ]
+
+    def __enter__(self) -> QueryCache:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+    # -- statistics and invalidation ----------------------------------------------------------
+
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of hits, misses, bypasses, rejected stores, invalidations and errors."""
+        return self._stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    def invalidate(self, *targets: object, tables: Iterable[str | Table] = ()) -> None:
+        """Invalidate what ``targets`` name: mapped classes (their tables), ``Table`` objects,
+        or cache names (``str``); ``tables=`` takes table names. With nothing given,
+        everything. For writes that bypass this application (another service, a console)."""
+        tokens: set[Token] = set()
+        groups: set[str] = set()
+        for target in targets:
+            if isinstance(target, str):
+                tokens.add(name_token(target))
+                self._stats.invalidated(target)
+            elif isinstance(target, type) and hasattr(target, "__mapper__"):
+                groups |= {table_group(t.name) for t in target.__mapper__.tables}
+            elif hasattr(target, "c") and hasattr(target, "name"):
+                groups.add(table_group(str(target.name)))
+            else:
+                raise TypeError(
+                    "invalidate() takes mapped classes, Table objects or cache names, "
+                    f"but was given {target!r}"
+                )
+        for table in tables:
+            groups.add(table_group(table if isinstance(table, str) else str(table.name)))
+        for group in groups:
+            tokens |= {(group, ANY_ROW), (group, UNKNOWN_ROWS)}
+        if not targets and not tables:
+            tokens.add(EVERYTHING)
+        self._stats.invalidated(None, len(groups) or 1)
+        self._send_bumps(tokens, raise_errors=True)
+
+    # -- backend access -----------------------------------------------------------------------
+
+    def _bump_after_commit(self, tokens: set[Token]) -> None:
+        self._stats.invalidated(None, len(tokens))
+        self._send_bumps(tokens, raise_errors=False)
+
+    def _send_bumps(self, tokens: set[Token], *, raise_errors: bool) -> None:
+        with self._pending_lock:
+            tokens = tokens | self._pending_bumps
+            try:
+                self.backend.bump(tokens)
+            except CacheBackendError as exc:
+                # The commit happened; remember what to invalidate and serve nothing from the
+                # cache in this process until the backend has taken it.
+                self._pending_bumps = tokens
+                self._failed(None, exc)
+                if raise_errors:
+                    raise
+            else:
+                self._pending_bumps = set()
+
+    def _recovering(self) -> bool:
+        if not self._pending_bumps:
+            return False
+        try:
+            self._send_bumps(set(), raise_errors=False)
+        except CacheBackendError:  # pragma: no cover - not raised with raise_errors=False
+            return True
+        return bool(self._pending_bumps)
+
+    def _failed(self, name: str | None, exc: CacheBackendError) -> None:
+        self._stats.error(name)
+        now = time.monotonic()
+        if now - self._last_error_log >= self.error_log_interval:
+            self._last_error_log = now
+            logger.warning(
+                "ormtune cache backend failed (%s); queries go to the database until it "
+                "answers again (logged at most every %.0f s)",
+                exc,
+                self.error_log_interval,
+            )
+
+    # -- the hook -------------------------------------------------------------------------------
+
+    def _on_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
+        option = _cache_option(state)
+        if option is None or not state.is_select or state.is_relationship_load:
+            return None
+        name = option.name or _UNNAMED
+        reason = _bypass_reason(state)
+        if reason is not None:
+            self._stats.bypass(name, reason)
+            return None
+        session = state.session
+        bind = session.get_bind(**state.bind_arguments)
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        try:
+            cache_key = cast("Any", state.statement)._generate_cache_key()
+        except Exception:
+            cache_key = None
+        if cache_key is None:
+            self._stats.bypass(name, "statement has no cache key")
+            return None
+        translate = state.execution_options.get("schema_translate_map")
+        bind_id = self._bind_identity(engine)
+        memo_key = (bind_id, _hashable(translate), cache_key.key)
+        shape = self._shapes.get(memo_key)
+        if shape is None:
+            return self._learn(state, name, memo_key, cache_key, engine)
+        if shape.uncacheable is not None:
+            self._stats.bypass(name, shape.uncacheable)
+            return None
+        if getattr(state.load_options, "_autoflush", True):
+            # A real query autoflushes before it runs (after these hooks); a hit must too, so
+            # pending changes are written, and then seen below as this session's writes.
+            session._autoflush()
+        written = self._tracker.written_groups(session)
+        if written and not written.isdisjoint(shape.groups):
+            self._stats.bypass(
+                name, "session wrote to " + ", ".join(sorted(written & shape.groups))
+            )
+            return None
+        if self._recovering():
+            self._stats.bypass(name, "cache backend recovering")
+            return None
+        tokens, values = self._tokens(shape, state, cache_key, option.name)
+        key = self._key(bind_id, translate, shape, values)
+        try:
+            repeatable = self._repeatable_snapshot(session, engine)
+            if repeatable is not None and (
+                repeatable.version is None
+                or self.backend.versions([commit_counter()])[0] != repeatable.version
+            ):
+                # REPEATABLE READ: the database answers from the transaction's snapshot; the
+                # cache holds the latest commits. They agree only if nothing committed since.
+                self._stats.bypass(name, "transaction snapshot is older than the last commit")
+                return None
+            lookup = self.backend.lookup(key, tokens)
+        except CacheBackendError as exc:
+            self._failed(name, exc)
+            self._stats.bypass(name, "cache backend unavailable")
+            return None
+        if lookup.value is not None:
+            result = self._serve(lookup.value, shape, session, name, key)
+            if result is not None:
+                return result
+        return self._fill(state, shape, name, key, tokens, lookup.versions, option)
+
+    def _serve(
+        self, data: bytes, shape: Shape, session: Session, name: str, key: str
+    ) -> Result[Any] | None:
+        try:
+            rows, states = rebuild(data, shape, session)
+        except _codec.Undecodable:
+            self._stats.bypass(name, "undecodable entry")
+            try:
+                self.backend.delete(key)
+            except CacheBackendError as exc:
+                self._failed(name, exc)
+            return None
+        if states and tracking_cohorts():
+            cohort = Cohort()
+            for instance_state in states:
+                cohort.add(instance_state)
+        self._stats.hit(name)
+        return shape.frozen.with_new_rows(rows)()
+
+    def _fill(
+        self,
+        state: ORMExecuteState,
+        shape: Shape,
+        name: str,
+        key: str,
+        tokens: list[Token],
+        versions: tuple[int, ...],
+        option: CacheOption,
+    ) -> Result[Any]:
+        self._stats.miss(name)
+        recorded, fresh, frozen = _run_recorded(state)
+        read = _groups_of(recorded, state)
+        if not read <= shape.groups:
+            # Data-dependent statements (a subclass table, a secondary) appeared: learn them,
+            # and do not store a result whose snapshot did not cover them.
+            shape.groups = shape.groups | read
+            self._stats.reject(name, "statement read tables it had not read before")
+            return frozen()
+        try:
+            data = serialise(list(frozen.data), shape, fresh)
+        except NotFresh:
+            self._stats.reject(name, "objects were already in the session")
+            return frozen()
+        except _codec.Unencodable as exc:
+            self._stats.reject(name, str(exc))
+            return frozen()
+        if len(data) > self.max_entry_bytes:
+            self._stats.reject(name, "result too large")
+            return frozen()
+        ttl = option.ttl if option.ttl is not None else self.default_ttl
+        try:
+            stored = self.backend.store(key, data, tokens=tokens, versions=versions, ttl=ttl)
+        except CacheBackendError as exc:
+            self._failed(name, exc)
+            return frozen()
+        if not stored:
+            self._stats.reject(name, "outdated snapshot")
+        return frozen()
+
+    def _learn(
+        self,
+        state: ORMExecuteState,
+        name: str,
+        memo_key: tuple[Any, ...],
+        cache_key: Any,
+        engine: Engine,
+    ) -> Result[Any]:
+        recorded, _, frozen = _run_recorded(state)
+        groups = _groups_of(recorded, state)
+        written = self._tracker.written_groups(state.session) & groups
+        if written:
+            self._stats.bypass(name, "session wrote to " + ", ".join(sorted(written)))
+        else:
+            self._stats.miss(name)
+        statement: Any = state.statement
+        main_sql = recorded[0] if recorded else ""
+        uncacheable = None
+        call = nondeterministic_call(main_sql)
+        if call is not None:
+            uncacheable = f"non-deterministic function {call}()"
+        fine_group: str | None = None
+        fine: tuple[FineFilter, ...] = ()
+        if self.fine_dependencies and main_sql:
+            fine_group, fine = fine_filters(statement, cache_key, main_sql)
+        parts = [
+            main_sql,
+            *sorted({fingerprint(sql) for sql in recorded[1:]}),
+            *option_digest(tuple(statement._with_options)),
+        ]
+        positions = _entity_positions(statement)
+        shape = Shape(
+            digest=make_digest(parts),
+            groups=frozenset(groups),
+            fine_group=fine_group,
+            fine=fine,
+            frozen=frozen,
+            entity_positions=positions,
+            uncacheable=uncacheable,
+        )
+        for description in statement.column_descriptions:
+            entity = description.get("entity")
+            mapper = getattr(entity, "__mapper__", None) if entity is not None else None
+            if mapper is not None:
+                self._know_mappers(shape, mapper)
+        self._shapes[memo_key] = shape
+        return frozen()
+
+    def _know_mappers(self, shape: Shape, mapper: Mapper[Any]) -> None:
+        for known in mapper.registry.mappers:
+            shape.mappers[mapper_name(known)] = known
+            self._tracker.know_metadata(cast("Table", known.local_table).metadata)
+            for column in known.columns:
+                enum_class = getattr(column.type, "enum_class", None)
+                if enum_class is not None:
+                    _codec.register_enum(enum_class)
+
+    # -- keys and tokens --------------------------------------------------------------------
+
+    def _bind_identity(self, engine: Engine) -> str:
+        found = self._binds.get(engine)
+        if found is None:
+            url = engine.url
+            found = self._binds[engine] = (
+                f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+            )
+        return found
+
+    def _tokens(
+        self,
+        shape: Shape,
+        state: ORMExecuteState,
+        cache_key: Any,
+        name: str | None,
+    ) -> tuple[list[Token], list[Any]]:
+        parameters: Any = state.parameters or {}
+        mapping = parameters if isinstance(parameters, dict) else {}
+        values = [mapping.get(bind.key, bind.effective_value) for bind in cache_key.bindparams]
+        tokens: list[Token] = []
+        fine_members: list[str] | None = None
+        if shape.fine:
+            fine_members = []
+            for fine in shape.fine:
+                value = values[fine.bind_index] if fine.bind_index < len(values) else None
+                items = value if isinstance(value, list | tuple) else [value]
+                for item in items:
+                    member = value_member(fine.column, item)
+                    if member is None:
+                        fine_members = None
+                        break
+                    fine_members.append(member)
+                if fine_members is None:
+                    break
+        for group in sorted(shape.groups):
+            if fine_members is not None and group == shape.fine_group:
+                tokens.append((group, UNKNOWN_ROWS))
+                tokens += [(group, member) for member in sorted(set(fine_members))]
+            else:
+                tokens.append((group, ANY_ROW))
+        tokens.append(EVERYTHING)
+        if name is not None:
+            tokens.append(name_token(name))
+        if isinstance(parameters, dict):
+            bound = {b.key for b in cache_key.bindparams}
+            extra: list[Any] = [(k, v) for k, v in sorted(parameters.items()) if k not in bound]
+        else:
+            extra = [parameters]
+        return tokens, [values, extra]
+
+    def _key(self, bind_id: str, translate: Any, shape: Shape, values: list[Any]) -> str:
+        try:
+            encoded = _codec.encode_key_part(values)
+        except _codec.Unencodable:
+            encoded = repr(values)
+        material = "\x1f".join(
+            (self.namespace, bind_id, repr(_hashable(translate)), shape.digest, encoded)
+        )
+        return "q:" + hashlib.sha256(material.encode()).hexdigest()
+
+    def _repeatable_snapshot(self, session: Session, engine: Engine) -> Snapshot | None:
+        """Under REPEATABLE READ/SERIALIZABLE: the commit counter when the session's
+        transaction on ``engine`` began (its snapshot), else ``None``."""
+        conn = self._tracker.connection_for(session, engine)
+        if conn is None:
+            return None  # no transaction yet: the next statement sees the latest commits
+        if isolation_of(conn) not in _REPEATABLE:
+            return None
+        return self._tracker.snapshot_of(conn)
+
+    def _commit_version(self) -> int | None:
+        try:
+            return self.backend.versions([commit_counter()])[0]
+        except CacheBackendError as exc:
+            self._failed(None, exc)
+            return None
+
+
+def _cache_option(state: ORMExecuteState) -> CacheOption | None:
+    for option in state.user_defined_options:
+        if isinstance(option, CacheOption):
+            return option
+    return None
+
+
+def _bypass_reason(state: ORMExecuteState) -> str | None:
+    options = state.execution_options
+    load_options = state.load_options
+    if options.get("populate_existing") or getattr(load_options, "_populate_existing", False):
+        return "populate_existing"
+    if getattr(state.statement, "_for_update_arg", None) is not None:
+        return "with_for_update"
+    if (
+        options.get("yield_per")
+        or options.get("stream_results")
+        or getattr(load_options, "_yield_per", None)
+    ):
+        return "yield_per / streaming"
+    if getattr(load_options, "_refresh_state", None) is not None:
+        return "refresh"
+    if not getattr(state.statement, "_propagate_attrs", {}).get("compile_state_plugin"):
+        return "not an ORM statement"
+    return None
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _record_statement(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    recording = _recording.get()
+    if recording is not None:
+        recording.append(statement)
+
+
+def _record_fresh(state: InstanceState[Any], context: Any) -> None:
+    fresh = _fresh.get()
+    if fresh is not None:
+        fresh.add(id(state))
+
+
+def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenResult[Any]]:
+    """Run the statement, recording what it sends and loads; rows are fetched (objects
+    loaded, eager loads run) while freezing, so inside the recording window."""
+    recorded: list[str] = []
+    fresh: set[int] = set()
+    recording_token = _recording.set(recorded)
+    fresh_token = _fresh.set(fresh)
+    try:
+        return recorded, fresh, state.invoke_statement().freeze()
+    finally:
+        _fresh.reset(fresh_token)
+        _recording.reset(recording_token)
+
+
+def _groups_of(recorded: list[str], state: ORMExecuteState) -> set[str]:
+    bind = state.session.get_bind(**state.bind_arguments)
+    backslash = bind.dialect.name in _BACKSLASH_DIALECTS
+    groups: set[str] = set()
+    for sql in recorded:
+        groups |= {table_group(t) for t in analyze(sql, backslash).tables}
+    return groups
+
+
+def _entity_positions(statement: Any) -> tuple[int, ...]:
+    """Columns of the result that hold ORM entities (the rest are plain values)."""
+    positions = []
+    for index, description in enumerate(statement.column_descriptions):
+        kind = description.get("type")
+        if isinstance(kind, type) and getattr(kind, "_sa_class_manager", None) is not None:
+            positions.append(index)
+    return tuple(positions)

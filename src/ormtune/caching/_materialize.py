@@ -1,0 +1,172 @@
+"""Turning an ORM result into plain data, and plain data back into a result in a session.
+
+Stored: each row's plain values, and for entities the column attributes the query loaded
+plus the relationships it loaded eagerly (``joinedload``, ``selectinload``, ...), as
+references to other stored objects. Only objects the filling query itself created are
+stored: an object that was already in the session's identity map may hold values the
+database no longer has (or never had), so such a result is not cached.
+
+On a hit, objects are rebuilt the way SQLAlchemy's loader builds them (``loading.py``):
+an identity already in the session's identity map is returned as it is, never overwritten;
+a new one is created persistent and clean, its eager relationships set, the column
+attributes the query did not load expired (so reading them loads them), and the ``load``
+event fired as ``Session.merge(load=False)`` fires it, with no query context.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import attributes
+
+from ormtune.caching import _codec
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import InstanceState, Mapper, Session
+
+    from ormtune.caching._shape import Shape
+
+__all__ = ["NotFresh", "mapper_name", "rebuild", "serialise"]
+
+
+class NotFresh(Exception):
+    """The result contains an object the filling query did not load itself."""
+
+
+def mapper_name(mapper: Mapper[Any]) -> str:
+    cls = mapper.class_
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _is_entity(value: object) -> bool:
+    return getattr(type(value), "_sa_class_manager", None) is not None
+
+
+def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
+    """Plain-data bytes for ``rows`` (raises :class:`NotFresh`, ``_codec.Unencodable``)."""
+    objects: list[list[Any]] = []
+    index: dict[int, int] = {}
+
+    def ref(obj: object) -> int:
+        found = index.get(id(obj))
+        if found is not None:
+            return found
+        state: InstanceState[Any] = attributes.instance_state(obj)
+        if id(state) not in fresh or state.key is None:
+            raise NotFresh
+        position = index[id(obj)] = len(objects)
+        entry: list[Any] = []
+        objects.append(entry)
+        mapper = state.mapper
+        name = mapper_name(mapper)
+        if name not in shape.mappers:
+            shape.mappers[name] = mapper
+        values = state.dict
+        columns = {p.key: values[p.key] for p in mapper.column_attrs if p.key in values}
+        relationships: dict[str, Any] = {}
+        for prop in mapper.relationships:
+            if prop.key not in values:
+                continue
+            value = values[prop.key]
+            if value is None:
+                relationships[prop.key] = None
+            elif prop.uselist:
+                relationships[prop.key] = [ref(item) for item in _members(value)]
+            else:
+                relationships[prop.key] = ref(value)
+        entry += [name, list(state.key[1]), state.key[2], columns, relationships]
+        return position
+
+    positions = shape.entity_positions
+    plain_rows: list[Any] = []
+    # ORM results of one entity may hold the objects themselves as raw rows (scalars()).
+    scalar = bool(rows) and not isinstance(rows[0], tuple | Row)
+    for row in rows:
+        if scalar:
+            plain_rows.append(row if not positions or row is None else ref(row))
+            continue
+        cells = list(row)
+        for position in positions:
+            if cells[position] is not None:
+                cells[position] = ref(cells[position])
+        plain_rows.append(cells)
+    return _codec.encode([plain_rows, objects, scalar])
+
+
+def _members(collection: Any) -> list[Any]:
+    if isinstance(collection, dict):
+        return list(collection.values())
+    return list(collection)
+
+
+def rebuild(
+    data: bytes, shape: Shape, session: Session
+) -> tuple[list[Any], list[InstanceState[Any]]]:
+    """Rows for ``session`` from bytes :func:`serialise` made, and the states it created.
+
+    Raises ``_codec.Undecodable`` for bytes it cannot read (a corrupt entry is a miss).
+    """
+    try:
+        plain_rows, stored, scalar = _codec.decode(data)
+        identity_map = session.identity_map
+        objects: list[Any] = []
+        created: list[tuple[InstanceState[Any], Mapper[Any], dict[str, Any], dict[str, Any]]] = []
+        resolved = [
+            (shape.mappers[name], pk, token, columns, relationships)
+            for name, pk, token, columns, relationships in stored
+        ]
+        for mapper, pk, token, columns, relationships in resolved:
+            key = mapper.identity_key_from_primary_key(pk, identity_token=token)
+            existing = identity_map.get(key)
+            if existing is not None:
+                objects.append(existing)
+                continue
+            obj = mapper.class_manager.new_instance()
+            state = attributes.instance_state(obj)
+            state.dict.update(columns)
+            state.key = key
+            state.identity_token = token
+            state.session_id = session.hash_key
+            identity_map._add_unpresent(state, key)
+            objects.append(obj)
+            created.append((state, mapper, columns, relationships))
+        states = []
+        for state, mapper, columns, relationships in created:
+            values = state.dict
+            for attribute, ref in relationships.items():
+                if ref is None:
+                    value: Any = None
+                elif isinstance(ref, list):
+                    value = [objects[i] for i in ref]
+                else:
+                    value = objects[ref]
+                impl: Any = state.manager[attribute].impl
+                impl.set_committed_value(state, values, value)
+            state._commit_all(values, identity_map)
+            unloaded = [p.key for p in mapper.column_attrs if p.key not in columns]
+            if unloaded:
+                state._expire_attributes(values, unloaded)
+            states.append(state)
+        positions = shape.entity_positions
+        rows: list[Any] = []
+        if scalar:
+            if positions:
+                rows = [(None if ref is None else objects[ref],) for ref in plain_rows]
+            else:
+                rows = [(value,) for value in plain_rows]
+            plain_rows = []
+        for cells in plain_rows:
+            for position in positions:
+                if cells[position] is not None:
+                    cells[position] = objects[cells[position]]
+            rows.append(tuple(cells))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise _codec.Undecodable(f"cached entry does not fit the statement: {exc!r}") from exc
+    for state in states:
+        dispatch = state.manager.dispatch
+        if dispatch.load:
+            dispatch.load(state, None)
+        if session.dispatch.loaded_as_persistent:
+            session.dispatch.loaded_as_persistent(session, state)
+    return rows, states

@@ -1,0 +1,45 @@
+"""``ormtune.cache(...)``: the ORM option that asks for a statement's result to be cached."""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy.orm import UserDefinedOption
+
+from ormtune.exceptions import ConfigurationError
+
+__all__ = ["CacheOption", "check_ttl"]
+
+
+def check_ttl(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds or None, but was given {ttl!r}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ConfigurationError(f"ttl must be a positive number of seconds, but was given {ttl}")
+    return float(ttl)
+
+
+class CacheOption(UserDefinedOption):
+    """``select(Payment).options(ormtune.cache(ttl=300, name="payments:user"))``.
+
+    Read by the cache's ``do_orm_execute`` hook. It is part of the statement's cache key (so
+    statements that differ only in it never share SQLAlchemy's compiled form and its
+    positional option pairing) and does not propagate to lazy loads of the loaded objects:
+    caching is asked for per statement.
+    """
+
+    _is_has_cache_key = True
+    propagate_to_loaders = False
+
+    def __init__(self, ttl: float | None, name: str | None) -> None:
+        super().__init__((ttl, name))
+        self.ttl = ttl
+        self.name = name
+
+    def _gen_cache_key(self, anon_map: object, bindparams: object) -> tuple[object, ...]:
+        return ("ormtune.cache", self.ttl, self.name)
+
+    def __repr__(self) -> str:
+        return f"cache(ttl={self.ttl!r}, name={self.name!r})"
