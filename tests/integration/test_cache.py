@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, joinedload, selectinload, with_polymorphic
 
+import ormtune
 from ormtune.backends import MemoryBackend
 from ormtune.caching import QueryCache, cache
 from ormtune.testing import assert_max_queries
@@ -486,3 +487,38 @@ def test_tags_are_plain_objects_on_a_hit(db: Engine, qc: QueryCache) -> None:
     with assert_max_queries(0):
         tags = read()
     assert [t.label for t in tags] == ["rent", "food"]
+
+
+async def test_async_session_hits_and_sees_commits(backend: Backend, qc: QueryCache) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(backend.async_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(CacheBase.metadata.drop_all)
+        await conn.run_sync(CacheBase.metadata.create_all)
+    async with AsyncSession(engine) as session:
+        session.add_all(sample())
+        await session.commit()
+
+    async def read() -> list[tuple[int, str, list[str]]]:
+        async with AsyncSession(engine) as session:
+            stmt = payments_stmt(1).options(selectinload(Payment.tags))
+            return [
+                (p.id, str(p.amount), [t.label for t in p.tags])
+                for p in (await session.scalars(stmt)).all()
+            ]
+
+    try:
+        await read()
+        expected = await read()
+        async with ormtune.capture() as log:
+            assert await read() == expected
+        assert log.count == 0
+        async with AsyncSession(engine) as session:
+            await session.execute(update(Payment).where(Payment.id == 1).values(amount=31))
+            await session.commit()
+        assert (1, "31.00") in [(i, a) for i, a, _ in await read()]
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(CacheBase.metadata.drop_all)
+        await engine.dispose()

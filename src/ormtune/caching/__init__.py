@@ -14,6 +14,7 @@ selects); committing a write bumps them, so a hit is never older than the last c
 from __future__ import annotations
 
 from ormtune.caching._cache import QueryCache, active_cache, default_cache
+from ormtune.caching._decorator import cached
 from ormtune.caching._option import CacheOption, check_ttl
 from ormtune.caching._stats import CacheStats, NameStats
 
@@ -24,6 +25,7 @@ __all__ = [
     "QueryCache",
     "active_cache",
     "cache",
+    "cached",
     "invalidate",
 ]
 

@@ -21,15 +21,22 @@ import logging
 import threading
 import time
 import weakref
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.caching import _codec
 from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
+from ormtune.caching._flight import SingleFlight
 from ormtune.caching._option import CacheOption
+from ormtune.caching._recording import (
+    fresh_states,
+    record_fresh,
+    record_statement,
+    recorded_statements,
+)
 from ormtune.caching._shape import (
     FineFilter,
     Shape,
@@ -55,9 +62,9 @@ from ormtune.querylog import Cohort, analyze, fingerprint, tracking_cohorts
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from sqlalchemy import Connection, Table
+    from sqlalchemy import Table
     from sqlalchemy.engine import FrozenResult, Result
-    from sqlalchemy.orm import InstanceState, ORMExecuteState
+    from sqlalchemy.orm import ORMExecuteState
 
     from ormtune.typing import CacheBackend, Token
 
@@ -68,10 +75,6 @@ logger = logging.getLogger("ormtune.caching")
 _UNNAMED = "(unnamed)"
 _REPEATABLE = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
 _BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb"})
-
-# While a fill runs: the statements it sends and the ids of the states it loads.
-_recording: ContextVar[list[str] | None] = ContextVar("ormtune_cache_recording", default=None)
-_fresh: ContextVar[set[int] | None] = ContextVar("ormtune_cache_fresh", default=None)
 
 _active: QueryCache | None = None
 _active_lock = threading.Lock()
@@ -118,6 +121,7 @@ class QueryCache:
         max_entry_bytes: int = 1 << 20,
         fine_dependencies: bool = True,
         error_log_interval: float = 30.0,
+        single_flight_timeout: float = 30.0,
     ) -> None:
         if max_entry_bytes < 1:
             raise ConfigurationError(f"max_entry_bytes must be positive, was {max_entry_bytes}")
@@ -134,8 +138,8 @@ class QueryCache:
         self._pending_bumps: set[Token] = set()
         self._pending_lock = threading.Lock()
         self._last_error_log = -float("inf")
-        self._inflight: dict[str, threading.Event] = {}
-        self._inflight_lock = threading.Lock()
+        self._flights = SingleFlight()
+        self.single_flight_timeout = single_flight_timeout
 
     # -- installation -----------------------------------------------------------------------
 
@@ -172,8 +176,8 @@ class QueryCache:
     def _listeners(self) -> list[tuple[Any, str, Any, dict[str, Any]]]:
         return [
             (Session, "do_orm_execute", self._on_orm_execute, {"retval": True}),
-            (Engine, "before_cursor_execute", _record_statement, {}),
-            (Mapper, "load", _record_fresh, {"raw": True}),
+            (Engine, "before_cursor_execute", record_statement, {}),
+            (Mapper, "load", record_fresh, {"raw": True}),
         ]
 
     def __enter__(self) -> QueryCache:
@@ -326,7 +330,24 @@ class QueryCache:
             result = self._serve(lookup.value, shape, session, name, key)
             if result is not None:
                 return result
-        return self._fill(state, shape, name, key, tokens, lookup.versions, option)
+        if in_greenlet():  # asyncio: waiting here would block the event loop
+            return self._fill(state, shape, name, key, tokens, lookup.versions, option)
+        if not self._flights.lead_or_wait(key, self.single_flight_timeout):
+            # Another thread just filled this key: its entry is likely there now.
+            try:
+                again = self.backend.lookup(key, tokens)
+            except CacheBackendError as exc:
+                self._failed(name, exc)
+                return None
+            if again.value is not None:
+                result = self._serve(again.value, shape, session, name, key)
+                if result is not None:
+                    return result
+            return self._fill(state, shape, name, key, tokens, again.versions, option)
+        try:
+            return self._fill(state, shape, name, key, tokens, lookup.versions, option)
+        finally:
+            self._flights.land(key)
 
     def _serve(
         self, data: bytes, shape: Shape, session: Session, name: str, key: str
@@ -557,32 +578,18 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _record_statement(
-    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> None:
-    recording = _recording.get()
-    if recording is not None:
-        recording.append(statement)
-
-
-def _record_fresh(state: InstanceState[Any], context: Any) -> None:
-    fresh = _fresh.get()
-    if fresh is not None:
-        fresh.add(id(state))
-
-
 def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenResult[Any]]:
     """Run the statement, recording what it sends and loads; rows are fetched (objects
     loaded, eager loads run) while freezing, so inside the recording window."""
     recorded: list[str] = []
     fresh: set[int] = set()
-    recording_token = _recording.set(recorded)
-    fresh_token = _fresh.set(fresh)
+    recording_token = recorded_statements.set(recorded)
+    fresh_token = fresh_states.set(fresh)
     try:
         return recorded, fresh, state.invoke_statement().freeze()
     finally:
-        _fresh.reset(fresh_token)
-        _recording.reset(recording_token)
+        fresh_states.reset(fresh_token)
+        recorded_statements.reset(recording_token)
 
 
 def _groups_of(recorded: list[str], state: ORMExecuteState) -> set[str]:

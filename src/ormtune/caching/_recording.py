@@ -1,0 +1,35 @@
+"""What a fill runs and loads: the statements it sends and the objects it creates.
+
+Both are recorded only while a fill runs (context variables, so threads and asyncio tasks
+never mix), by listeners the cache installs; outside a fill they cost one lookup each.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import InstanceState
+
+__all__ = ["fresh_states", "record_fresh", "record_statement", "recorded_statements"]
+
+recorded_statements: ContextVar[list[str] | None] = ContextVar(
+    "ormtune_cache_recording", default=None
+)
+fresh_states: ContextVar[set[int] | None] = ContextVar("ormtune_cache_fresh", default=None)
+
+
+def record_statement(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    recording = recorded_statements.get()
+    if recording is not None:
+        recording.append(statement)
+
+
+def record_fresh(state: InstanceState[Any], context: Any) -> None:
+    fresh = fresh_states.get()
+    if fresh is not None:
+        fresh.add(id(state))
