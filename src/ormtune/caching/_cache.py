@@ -28,8 +28,8 @@ from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.caching import _codec
-from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
 from ormtune.caching._flight import SingleFlight
+from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
 from ormtune.caching._option import CacheOption
 from ormtune.caching._recording import (
     fresh_states,
