@@ -133,9 +133,12 @@ def encode_key_part(value: Any) -> str:
     return json.dumps(_enc(value), separators=(",", ":"), sort_keys=True)
 
 
+_DECODER = json.JSONDecoder(object_hook=_object_hook)
+
+
 def decode(data: bytes) -> Any:
     """The value :func:`encode` was given; raises :class:`Undecodable` for anything else."""
     try:
-        return json.loads(data, object_hook=_object_hook)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return _DECODER.decode(data.decode())
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise Undecodable(f"cached bytes cannot be decoded: {exc}") from exc

@@ -39,14 +39,40 @@ def mapper_name(mapper: Mapper[Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _is_entity(value: object) -> bool:
-    return getattr(type(value), "_sa_class_manager", None) is not None
+class _Layout:
+    """How objects of one mapper are laid out in an entry: which column attributes, in
+    which order (the ones the query loaded), and what a hit must expire (the rest)."""
+
+    __slots__ = ("identity_class", "keys", "mapper", "unloaded")
+
+    def __init__(self, mapper: Mapper[Any], keys: tuple[str, ...]) -> None:
+        self.mapper = mapper
+        self.keys = keys
+        self.identity_class = mapper._identity_class
+        self.unloaded = [p.key for p in mapper.column_attrs if p.key not in set(keys)]
+
+
+_layouts: dict[tuple[Mapper[Any], tuple[str, ...]], _Layout] = {}
+
+
+def _layout(mapper: Mapper[Any], keys: tuple[str, ...]) -> _Layout:
+    found = _layouts.get((mapper, keys))
+    if found is None:
+        found = _layouts[(mapper, keys)] = _Layout(mapper, keys)
+    return found
 
 
 def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
-    """Plain-data bytes for ``rows`` (raises :class:`NotFresh`, ``_codec.Unencodable``)."""
+    """Plain-data bytes for ``rows`` (raises :class:`NotFresh`, ``_codec.Unencodable``).
+
+    Layout: ``[rows, scalar, layouts, objects]``; a layout is ``[mapper name, [column
+    keys]]``; an object is ``[layout index, [primary key], identity token, [values in the
+    layout's order], [[relationship, reference(s)], ...]]``; a reference is an object index.
+    """
     objects: list[list[Any]] = []
     index: dict[int, int] = {}
+    layouts: list[list[Any]] = []
+    layout_index: dict[tuple[str, tuple[str, ...]], int] = {}
 
     def ref(obj: object) -> int:
         found = index.get(id(obj))
@@ -63,19 +89,24 @@ def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
         if name not in shape.mappers:
             shape.mappers[name] = mapper
         values = state.dict
-        columns = {p.key: values[p.key] for p in mapper.column_attrs if p.key in values}
-        relationships: dict[str, Any] = {}
+        keys = tuple(p.key for p in mapper.column_attrs if p.key in values)
+        slot = layout_index.get((name, keys))
+        if slot is None:
+            slot = layout_index[(name, keys)] = len(layouts)
+            layouts.append([name, list(keys)])
+        relationships: list[list[Any]] = []
         for prop in mapper.relationships:
             if prop.key not in values:
                 continue
             value = values[prop.key]
             if value is None:
-                relationships[prop.key] = None
+                relationships.append([prop.key, None])
             elif prop.uselist:
-                relationships[prop.key] = [ref(item) for item in _members(value)]
+                relationships.append([prop.key, [ref(item) for item in _members(value)]])
             else:
-                relationships[prop.key] = ref(value)
-        entry += [name, list(state.key[1]), state.key[2], columns, relationships]
+                relationships.append([prop.key, ref(value)])
+        entry += [slot, list(state.key[1]), state.key[2], [values[k] for k in keys]]
+        entry.append(relationships)
         return position
 
     positions = shape.entity_positions
@@ -91,7 +122,7 @@ def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
             if cells[position] is not None:
                 cells[position] = ref(cells[position])
         plain_rows.append(cells)
-    return _codec.encode([plain_rows, objects, scalar])
+    return _codec.encode([plain_rows, scalar, layouts, objects])
 
 
 def _members(collection: Any) -> list[Any]:
@@ -108,61 +139,63 @@ def rebuild(
     Raises ``_codec.Undecodable`` for bytes it cannot read (a corrupt entry is a miss).
     """
     try:
-        plain_rows, stored, scalar = _codec.decode(data)
-        identity_map = session.identity_map
-        objects: list[Any] = []
-        created: list[tuple[InstanceState[Any], Mapper[Any], dict[str, Any], dict[str, Any]]] = []
-        resolved = [
-            (shape.mappers[name], pk, token, columns, relationships)
-            for name, pk, token, columns, relationships in stored
-        ]
-        for mapper, pk, token, columns, relationships in resolved:
-            key = mapper.identity_key_from_primary_key(pk, identity_token=token)
-            existing = identity_map.get(key)
-            if existing is not None:
-                objects.append(existing)
-                continue
-            obj = mapper.class_manager.new_instance()
-            state = attributes.instance_state(obj)
-            state.dict.update(columns)
-            state.key = key
-            state.identity_token = token
-            state.session_id = session.hash_key
-            identity_map._add_unpresent(state, key)
-            objects.append(obj)
-            created.append((state, mapper, columns, relationships))
-        states = []
-        for state, mapper, columns, relationships in created:
-            values = state.dict
-            for attribute, ref in relationships.items():
-                if ref is None:
-                    value: Any = None
-                elif isinstance(ref, list):
-                    value = [objects[i] for i in ref]
-                else:
-                    value = objects[ref]
-                impl: Any = state.manager[attribute].impl
-                impl.set_committed_value(state, values, value)
-            state._commit_all(values, identity_map)
-            unloaded = [p.key for p in mapper.column_attrs if p.key not in columns]
-            if unloaded:
-                state._expire_attributes(values, unloaded)
-            states.append(state)
-        positions = shape.entity_positions
-        rows: list[Any] = []
-        if scalar:
-            if positions:
-                rows = [(None if ref is None else objects[ref],) for ref in plain_rows]
+        plain_rows, scalar, stored_layouts, stored = _codec.decode(data)
+        layouts = [_layout(shape.mappers[name], tuple(keys)) for name, keys in stored_layouts]
+        for slot, _, _, values, _ in stored:
+            if len(values) != len(layouts[slot].keys):
+                raise ValueError("values do not match their layout")
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise _codec.Undecodable(f"cached entry does not fit the statement: {exc!r}") from exc
+    identity_map = session.identity_map
+    hash_key = session.hash_key
+    objects: list[Any] = []
+    created: list[tuple[InstanceState[Any], _Layout, list[list[Any]]]] = []
+    for slot, pk, token, values, relationships in stored:
+        layout = layouts[slot]
+        key = (layout.identity_class, tuple(pk), token)
+        existing = identity_map.get(key)
+        if existing is not None:
+            objects.append(existing)
+            continue
+        obj = layout.mapper.class_manager.new_instance()
+        state = attributes.instance_state(obj)
+        state.dict.update(zip(layout.keys, values, strict=True))
+        state.key = key
+        state.identity_token = token
+        state.session_id = hash_key
+        identity_map._add_unpresent(state, key)
+        objects.append(obj)
+        created.append((state, layout, relationships))
+    states = []
+    for state, layout, relationships in created:
+        values = state.dict
+        for attribute, ref in relationships:
+            if ref is None:
+                value: Any = None
+            elif isinstance(ref, list):
+                value = [objects[i] for i in ref]
             else:
-                rows = [(value,) for value in plain_rows]
-            plain_rows = []
+                value = objects[ref]
+            impl: Any = state.manager[attribute].impl
+            impl.set_committed_value(state, values, value)
+        state._commit_all(values, identity_map)
+        if layout.unloaded:
+            state._expire_attributes(values, layout.unloaded)
+        states.append(state)
+    positions = shape.entity_positions
+    rows: list[Any]
+    if scalar:
+        if positions:
+            rows = [(None if ref is None else objects[ref],) for ref in plain_rows]
+        else:
+            rows = [(value,) for value in plain_rows]
+    else:
+        rows = []
         for cells in plain_rows:
             for position in positions:
                 if cells[position] is not None:
                     cells[position] = objects[cells[position]]
             rows.append(tuple(cells))
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise _codec.Undecodable(f"cached entry does not fit the statement: {exc!r}") from exc
     for state in states:
         dispatch = state.manager.dispatch
         if dispatch.load:
