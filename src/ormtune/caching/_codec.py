@@ -140,5 +140,5 @@ def decode(data: bytes) -> Any:
     """The value :func:`encode` was given; raises :class:`Undecodable` for anything else."""
     try:
         return _DECODER.decode(data.decode())
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, ArithmeticError) as exc:
         raise Undecodable(f"cached bytes cannot be decoded: {exc}") from exc
