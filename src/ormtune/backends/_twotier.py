@@ -29,7 +29,9 @@ Redis like "versions" ones.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -61,6 +63,8 @@ logger = logging.getLogger("ormtune.backends")
 Coherence = Literal["versions", "pubsub"]
 
 DEFAULT_MAX_MIRRORED = 100_000
+
+_subscriber_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +364,9 @@ class _Subscriber:
         self._owner = owner
         self._redis_error: type[Exception] = redis.RedisError
         pool = client.connection_pool
-        name = re.sub(r"[^\w:.\-]", "_", f"ormtune-sub:{owner.remote.prefix}")
+        # Unique per subscriber, so an operator (or a test) can find it in CLIENT LIST.
+        label = f"ormtune-sub:{owner.remote.prefix}:{os.getpid()}:{next(_subscriber_ids)}"
+        name = re.sub(r"[^\w:.\-]", "_", label)
         kwargs = dict(pool.connection_kwargs)
         # No silent reconnects: a dropped connection must surface here, so the L1 is flushed.
         kwargs.update(
