@@ -29,6 +29,7 @@ POSTGRES_URL = os.environ.get(
 MARIADB_URL = os.environ.get(
     "ORMTUNE_TEST_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306/test"
 )
+REDIS_URL = os.environ.get("ORMTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("ORMTUNE_REQUIRE_SERVICES", "") not in ("", "0")
 
 
@@ -94,6 +95,36 @@ def mariadb_backend() -> Iterator[Backend]:
 def sqlite_backend(tmp_path_factory: pytest.TempPathFactory) -> Backend:
     path = tmp_path_factory.mktemp("sqlite") / "ormtune.db"
     return Backend("sqlite", f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of the Redis service, checked once per session (skip or fail if it is down)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", REDIS_URL, exc)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"ormtune-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{{{prefix}}}*", count=1000):
+            client.unlink(key)
+    finally:
+        client.close()
 
 
 BACKENDS = [

@@ -99,8 +99,10 @@ class CacheBackend(Protocol):
         """Store ``value`` under ``key`` only if ``tokens`` still have ``versions`` (CAS).
 
         Returns ``False`` and stores nothing when any version moved since the caller read it,
-        so a slow reader can never store old rows as current. ``ttl`` is in seconds; ``None``
-        keeps the entry until it is evicted or invalidated.
+        so a slow reader can never store old rows as current. It also returns ``False`` when
+        the backend cannot keep the value at all (larger than a memory tier's byte bound).
+        ``ttl`` is in seconds and must be positive; ``None`` keeps the entry until it is
+        evicted or invalidated.
         """
         ...
 
