@@ -120,7 +120,7 @@ def test_two_processes_read_each_others_commits_at_once(
         )
         process.start()
         peers.append((process, here))
-    (a, to_a), (b, to_b) = peers
+    (_, to_a), (_, to_b) = peers
 
     def ask(pipe: Connection, command: str, row: int = 1) -> int:
         pipe.send((command, row))
