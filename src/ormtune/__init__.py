@@ -18,11 +18,17 @@ and to make naive lazy-loading loops issue one query per relationship instead of
 object::
 
     ormtune.autoload()
+
+and to serve hot reads from a cache that a commit invalidates before it returns::
+
+    session.scalars(select(Payment).where(Payment.user_id == 7).options(ormtune.cache(ttl=300)))
 """
 
 from ormtune.__about__ import __version__
 from ormtune.batchload import Autoload, autoload, autoload_option
+from ormtune.caching import QueryCache, cache, cached, invalidate
 from ormtune.exceptions import (
+    CacheBackendError,
     ConfigurationError,
     MissingDependencyError,
     NPlusOneError,
@@ -44,12 +50,14 @@ from ormtune.typing import QueryObserver
 
 __all__ = [
     "Autoload",
+    "CacheBackendError",
     "CallSite",
     "ConfigurationError",
     "MissingDependencyError",
     "NPlusOneError",
     "NPlusOneWarning",
     "OrmtuneError",
+    "QueryCache",
     "QueryCountError",
     "QueryEvent",
     "QueryGroup",
@@ -59,7 +67,10 @@ __all__ = [
     "__version__",
     "autoload",
     "autoload_option",
+    "cache",
+    "cached",
     "capture",
     "fingerprint",
+    "invalidate",
     "observe",
 ]

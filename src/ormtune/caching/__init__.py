@@ -13,9 +13,11 @@ selects); committing a write bumps them, so a hit is never older than the last c
 
 from __future__ import annotations
 
-from ormtune.caching._cache import QueryCache, active_cache, default_cache
+from ormtune.caching._cache import QueryCache, active_cache
+from ormtune.caching._cache import default_cache as _default_cache
 from ormtune.caching._decorator import cached
-from ormtune.caching._option import CacheOption, check_ttl
+from ormtune.caching._option import CacheOption
+from ormtune.caching._option import check_ttl as _check_ttl
 from ormtune.caching._stats import CacheStats, NameStats
 
 __all__ = [
@@ -39,8 +41,8 @@ def cache(ttl: float | None = None, *, name: str | None = None) -> CacheOption:
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty string or None, but was given {name!r}")
-    option = CacheOption(check_ttl(ttl), name)
-    default_cache()
+    option = CacheOption(_check_ttl(ttl), name)
+    _default_cache()
     return option
 
 
@@ -48,4 +50,4 @@ def invalidate(*targets: object, tables: tuple[str, ...] = ()) -> None:
     """Invalidate entries of the installed cache: mapped classes, ``Table`` objects, cache
     names, or ``tables=`` by name; with no arguments, everything. For writes that bypass
     the application."""
-    default_cache().invalidate(*targets, tables=tables)
+    _default_cache().invalidate(*targets, tables=tables)
