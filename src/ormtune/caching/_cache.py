@@ -453,6 +453,9 @@ class QueryCache:
             mapper = getattr(entity, "__mapper__", None) if entity is not None else None
             if mapper is not None:
                 self._know_mappers(shape, mapper)
+        # Keys also name the mapped schema, so a deploy that changes any column's type (not
+        # just the SQL) never reads entries written by the old code.
+        shape.digest = make_digest([shape.digest, _schema_fingerprint(shape.mappers)])
         self._shapes[memo_key] = shape
         return frozen()
 
@@ -599,6 +602,23 @@ def _groups_of(recorded: list[str], state: ORMExecuteState) -> set[str]:
     for sql in recorded:
         groups |= {table_group(t) for t in analyze(sql, backslash).tables}
     return groups
+
+
+_schema_fingerprints: dict[frozenset[str], str] = {}
+
+
+def _schema_fingerprint(mappers: dict[str, Mapper[Any]]) -> str:
+    """A digest of the columns (names and types) of the tables behind ``mappers``."""
+    names = frozenset(mappers)
+    found = _schema_fingerprints.get(names)
+    if found is None:
+        columns = sorted(
+            f"{mapper.local_table.description}.{column.key}:{column.type!r}"
+            for mapper in mappers.values()
+            for column in mapper.local_table.columns
+        )
+        found = _schema_fingerprints[names] = make_digest(columns)
+    return found
 
 
 def _entity_positions(statement: Any) -> tuple[int, ...]:
