@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload, with_polymorphic
 import ormtune
 from ormtune.backends import MemoryBackend
 from ormtune.caching import QueryCache, cache
+from ormtune.exceptions import CacheBackendError
 from ormtune.testing import assert_max_queries
 from ormtune.typing import Lookup
 from tests.cache_models import Account, CacheBase, Employee, Manager, Payment, Status, Tag, sample
@@ -522,3 +523,67 @@ async def test_async_session_hits_and_sees_commits(backend: Backend, qc: QueryCa
         async with engine.begin() as conn:
             await conn.run_sync(CacheBase.metadata.drop_all)
         await engine.dispose()
+
+
+def test_results_over_the_size_limit_are_not_stored(db: Engine) -> None:
+    with QueryCache(MemoryBackend(), max_entry_bytes=200) as query_cache:
+        for _ in range(3):
+            payments_of(db, 1)
+        assert query_cache.stats.overall.rejected == {"result too large": 2}
+        assert query_cache.stats.overall.hits == 0
+
+
+def test_different_databases_never_share_entries(tmp_path: Any) -> None:
+    engines = []
+    for name in ("one", "two"):
+        engine = create_engine(f"sqlite:///{tmp_path / name}.db")
+        CacheBase.metadata.create_all(engine)
+        with Session(engine) as session:
+            session.add(Account(id=1, name=f"account in {name}"))
+            session.commit()
+        engines.append(engine)
+
+    def name_in(engine: Engine) -> str:
+        with Session(engine) as session:
+            stmt = select(Account).where(Account.id == 1).options(cache())
+            return session.scalars(stmt).one().name
+
+    with QueryCache(MemoryBackend()):
+        for _ in range(3):
+            assert [name_in(e) for e in engines] == ["account in one", "account in two"]
+    for engine in engines:
+        engine.dispose()
+
+
+def test_stats_count_every_outcome_exactly(db: Engine, qc: QueryCache) -> None:
+    payments_of(db, 1, name="p")  # learn: miss
+    payments_of(db, 1, name="p")  # fill: miss
+    payments_of(db, 1, name="p")  # hit
+    payments_of(db, 2, name="p")  # another key: miss
+    with Session(db) as session:
+        session.scalars(payments_stmt(1, name="p").with_for_update()).all()  # bypass
+        session.add(Payment(account_id=3, amount=1))
+        session.commit()  # account 3 only: entries for 1 and 2 stay
+    payments_of(db, 1, name="p")  # hit
+    stats = qc.stats["p"]
+    assert (stats.hits, stats.misses) == (2, 3)
+    assert stats.bypasses == {"with_for_update": 1}
+    assert stats.rejected == {}
+    assert stats.hit_rate == 2 / 5
+    assert qc.stats.overall.invalidations > 0
+
+
+def test_backend_failures_are_logged_once_per_interval(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Down(MemoryBackend):
+        def lookup(self, key: str, tokens: Sequence[Token], /) -> Lookup:
+            raise CacheBackendError("the store is down")
+
+    with QueryCache(Down(), error_log_interval=3600) as query_cache:
+        for _ in range(4):
+            assert len(payments_of(db, 1)) == 3  # from the database
+        assert query_cache.stats.overall.errors == 3  # every lookup after learning
+    warnings = [r for r in caplog.records if r.name == "ormtune.caching"]
+    assert len(warnings) == 1
+    assert "the store is down" in warnings[0].getMessage()
