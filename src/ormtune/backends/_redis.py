@@ -423,6 +423,8 @@ class RedisBackend:
     ) -> tuple[int, bytes | None, tuple[Version, ...], float | None]:
         """One lookup round trip: (status, value, versions, seconds the entry has left).
 
+        The seconds left are ``None`` for an entry without expiry, and may be 0.
+
         ``known`` is the header of a copy the caller holds; if it is still current the status
         is ``KNOWN`` and the value is not sent. Used by the two-tier backend.
         """
@@ -432,8 +434,8 @@ class RedisBackend:
         versions = _versions(reply, 3)
         if status != HIT:
             return status, None, versions, None
-        pttl = int(reply[2])
-        return status, bytes(reply[1]), versions, (pttl / 1000 if pttl > 0 else None)
+        pttl = int(reply[2])  # -1: no expiry; 0: less than a millisecond left
+        return status, bytes(reply[1]), versions, (pttl / 1000 if pttl >= 0 else None)
 
     def lookup(self, key: str, tokens: Sequence[Token], /) -> Lookup:
         """The entry under ``key`` if stored with the current versions of ``tokens``."""

@@ -114,6 +114,7 @@ class TwoTierBackend:
         self.remote = remote
         self.coherence: Coherence = coherence
         self._lock = threading.Lock()
+        self._clock = clock
         self._l1 = EntryStore(max_entries=max_entries, max_bytes=max_bytes, clock=clock)
         self._mirror: dict[str, dict[str, int]] = {}
         self._mirrored = 0
@@ -265,7 +266,10 @@ class TwoTierBackend:
                 self._misses += 1
             else:
                 self._remote_hits += 1
-                self._l1.put(key, value, versions, remaining)
+                # The L1 copy must expire no later than Redis's; one about to expire is
+                # not worth keeping (and a TTL of 0 must never read as "no expiry").
+                if remaining is None or remaining > 0:
+                    self._l1.put(key, value, versions, remaining)
         return Lookup(value, versions)
 
     def store(
@@ -280,14 +284,18 @@ class TwoTierBackend:
     ) -> bool:
         """Store in Redis if ``tokens`` still have ``versions`` (CAS), then in the L1."""
         check_ttl(ttl)
+        started = self._clock()
         try:
             stored = self.remote.store(key, value, tokens=tokens, versions=versions, ttl=ttl)
         except CacheBackendError:
             self._remote_failed()
             raise
         if stored:
-            with self._lock:
-                self._l1.put(key, value, tuple(versions), ttl)
+            # Count the TTL from before the round trip, so the L1 copy never outlives Redis's.
+            left = None if ttl is None else ttl - (self._clock() - started)
+            if left is None or left > 0:
+                with self._lock:
+                    self._l1.put(key, value, tuple(versions), left)
         return stored
 
     def versions(self, tokens: Sequence[Token], /) -> tuple[Version, ...]:
