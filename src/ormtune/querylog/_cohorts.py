@@ -92,8 +92,10 @@ def _cohort_key(context: QueryContext) -> tuple[dict[Any, Any], object]:
     return context.attributes, _CONTEXT_KEY
 
 
-def _join(state: InstanceState[Any], context: QueryContext) -> None:
+def _join(state: InstanceState[Any], context: QueryContext | None) -> None:
     # Runs once per loaded instance: the cohort is looked up once per query, then cached on it.
+    if context is None:
+        return  # loaded without a query (Session.merge(load=False), a cache hit): no peers
     cohort = context.attributes.get(_CONTEXT_FAST_KEY)
     if cohort is None:
         attributes, key = _cohort_key(context)
