@@ -14,6 +14,7 @@ PACKAGES = [
     "ormtune.querylog",
     "ormtune.nplusone",
     "ormtune.batchload",
+    "ormtune.instrumentation",
     "ormtune.testing",
 ]
 

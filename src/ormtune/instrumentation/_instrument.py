@@ -112,7 +112,8 @@ def instrument(
     observers = tuple(o for o in (collected, query_logger, slow_log) if o is not None)
     try:
         if observers:
-            values = explain and slow_log is not None
+            # Values reach the observers when the log shows them or EXPLAIN needs them.
+            values = log_parameters or (explain and slow_log is not None)
             for observer in (query_logger, slow_log):
                 if observer is not None:
                     observer.receives_values = values

@@ -16,7 +16,8 @@ plan from becoming a problem of its own:
   back;
 * with a time limit (``explain_timeout``): PostgreSQL ``SET LOCAL statement_timeout``, MariaDB
   ``SET STATEMENT max_statement_time=... FOR``, MySQL ``max_execution_time``, and the
-  driver's connect timeout; SQLite's plan is only compiled, never run;
+  driver's connect timeout; SQLite's plan is only compiled, never run (and an in-memory SQLite
+  database, which no other connection can see, is not explained);
 * in an empty context, so the request's capture does not count the ``EXPLAIN`` (metrics, which
   see every statement in the process, do, as ``operation="other"``).
 
@@ -149,6 +150,9 @@ class SlowQueryLog:
     def _plan(self, event: QueryEvent) -> tuple[str | None, str | None]:
         """The plan as text, or an error message; runs in a fresh context."""
         _explaining.set(True)
+        url = event.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return None, "an in-memory SQLite database cannot be seen from another connection"
         try:
             engine = self._engine_for(event.engine)
             with engine.connect() as conn:

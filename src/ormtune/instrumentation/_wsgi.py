@@ -10,6 +10,7 @@ or the middleware is given ``route=`` to read it from the environ.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ormtune.instrumentation._request import ActorScope, RequestRecorder, Settin
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
+    from contextvars import Context
 
     from ormtune.instrumentation._metrics import Metrics
 
@@ -29,24 +31,34 @@ _internal = logging.getLogger("ormtune.instrumentation")
 
 
 class _Body:
-    """The application's response iterable; closing it finishes the request."""
+    """The application's response iterable, produced in the request's own context; closing it
+    finishes the request."""
 
-    __slots__ = ("_finish", "_iterable")
+    __slots__ = ("_context", "_finish", "_iterable", "_iterator")
 
-    def __init__(self, iterable: Iterable[bytes], finish: Callable[[], None]) -> None:
+    def __init__(
+        self, iterable: Iterable[bytes], finish: Callable[[], None], context: Context
+    ) -> None:
         self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
         self._finish = finish
+        self._context = context
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._iterable)
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = iter(self._iterable)
+        return self._context.run(next, self._iterator)
 
     def close(self) -> None:
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
-                close()
+                self._context.run(close)
         finally:
-            self._finish()
+            self._context.run(self._finish)
 
 
 class OrmtuneWSGIMiddleware:
@@ -86,6 +98,15 @@ class OrmtuneWSGIMiddleware:
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        # The request's capture and context live in a Context of their own, entered again to
+        # produce each chunk of the body and to close it, so nothing of this request stays
+        # behind in the worker thread's context if the server closes the response late.
+        context = contextvars.copy_context()
+        return context.run(self._call, environ, start_response, context)
+
+    def _call(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], context: Context
+    ) -> Any:
         recorder = self._recorder
         started = recorder.start(
             environ.get("REQUEST_METHOD", "GET"),
@@ -120,7 +141,7 @@ class OrmtuneWSGIMiddleware:
         except BaseException:
             finish()
             raise
-        return _Body(body, finish)
+        return _Body(body, finish, context)
 
     def _note_route(self, environ: dict[str, Any], started: Started) -> None:
         context = started.context
