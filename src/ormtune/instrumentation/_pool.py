@@ -71,9 +71,10 @@ class TimedAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
 class _PoolRecorder:
     """Keeps one pool's gauges for one :class:`Metrics`."""
 
-    __slots__ = ("_checked_out", "_lock", "_metrics", "label", "size")
+    __slots__ = ("_checked_out", "_lock", "_metrics", "active", "label", "size")
 
     def __init__(self, metrics: Metrics, label: str) -> None:
+        self.active = True
         self._metrics = metrics
         self.label = label
         self.size = 0
@@ -94,6 +95,8 @@ class _PoolRecorder:
         metrics.pool_overflow.labels(self.label).set(max(0, self._checked_out - self.size))
 
     def moved(self, delta: int) -> None:
+        if not self.active:
+            return
         try:
             with self._lock:
                 self._checked_out = max(0, self._checked_out + delta)
@@ -102,6 +105,8 @@ class _PoolRecorder:
             return
 
     def waited(self, seconds: float, *, timed_out: bool) -> None:
+        if not self.active:
+            return
         try:
             if timed_out:
                 self._metrics.pool_timeouts.labels(self.label).inc()
@@ -111,6 +116,8 @@ class _PoolRecorder:
             return
 
     def invalidated(self) -> None:
+        if not self.active:
+            return
         try:
             self._metrics.pool_invalidated.labels(self.label).inc()
         except Exception:
@@ -163,9 +170,12 @@ def instrument_pool(
     listened: list[Pool] = []
 
     def listen(pool: Pool) -> None:
-        # A recreated pool copies its predecessor's listeners; add only what is missing.
+        # A pool made by engine.dispose() (Pool.recreate()) carries copies of its
+        # predecessor's listeners, which event.contains() does not see and event.remove()
+        # cannot remove: add only what the pool's dispatch does not already hold. Copies left
+        # behind after close() do nothing (the recorder is inactive).
         for event_name, listener in pool_listeners:
-            if not event.contains(pool, event_name, listener):
+            if listener not in list(getattr(pool.dispatch, event_name)):
                 event.listen(pool, event_name, listener)
         listened.append(pool)
 
@@ -174,6 +184,7 @@ def instrument_pool(
     event.listen(sync_engine, "engine_disposed", disposed)
 
     def remove() -> None:
+        recorder.active = False
         event.remove(sync_engine, "engine_disposed", disposed)
         for pool in listened:
             for event_name, listener in pool_listeners:
