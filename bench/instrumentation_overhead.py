@@ -1,0 +1,279 @@
+"""Requests per second of a Starlette endpoint running 5 queries on PostgreSQL, with and without
+ormtune's instrumentation (middleware + metrics + JSON logging at INFO).
+
+Two uvicorn servers run side by side, one per variant, each in a process of its own and each
+set up once as an application is. A load generator on loopback (asyncio, HTTP/1.1 keep-alive,
+``--concurrency`` connections) drives one server at a time for ``--seconds``, alternating the
+order every round; the report gives medians over rounds and their ratio. Every response is
+checked (status 200, the 5 rows' checksum), and at the end the instrumented server's own
+request counter must equal the number of requests it answered, so a broken instrumentation
+cannot pass as a fast one.
+
+Target (issue 6): instrumented / plain requests per second >= 0.95.
+
+    .venv-bench/bin/python bench/instrumentation_overhead.py            # 7 rounds of 8 s
+    .venv-bench/bin/python bench/instrumentation_overhead.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import (
+    DEFAULT_POSTGRES,
+    command_line,
+    environment,
+    markdown_table,
+    median,
+    scratch_postgres,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+ROWS = 1000
+QUERIES = 5
+EXPECTED = sum(range(1, 6)) * 2  # the checksum of the 5 rows each request reads (ids 1-5)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def serve(variant: str, port: int, url: str, log_path: str) -> None:
+    """Run the benchmark app (plain or instrumented) under uvicorn until terminated."""
+    import uvicorn
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    engine = create_async_engine(url, pool_size=20, max_overflow=0)
+
+    async def item(request: Request) -> Response:
+        total = 0
+        async with engine.connect() as conn:
+            for key in range(1, QUERIES + 1):
+                value = await conn.execute(
+                    text("select id, value from bench_items where id = :id"), {"id": key}
+                )
+                total += value.one()[1]
+        return PlainTextResponse(str(total))
+
+    routes: list[Route | Mount] = [Route("/items/{group}", item)]
+    app: object
+    if variant == "plain":
+        app = Starlette(routes=routes)
+    else:
+        from ormtune.instrumentation import JsonFormatter, OrmtuneMiddleware, instrument
+        from ormtune.instrumentation import metrics_app as make_metrics_app
+
+        instrumentation = instrument(engine, slow_query_threshold=0.5)
+        routes.append(Mount("/metrics", make_metrics_app()))
+        starlette = Starlette(routes=routes)
+        starlette.add_middleware(OrmtuneMiddleware, metrics=instrumentation.metrics)
+        app = starlette
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(JsonFormatter())
+        logger = logging.getLogger("ormtune")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the load generator -----------------------------------------------------------------------
+
+REQUEST = b"GET /items/%d HTTP/1.1\r\nHost: bench\r\nConnection: keep-alive\r\n\r\n"
+_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+async def _client(port: int, deadline: float, counts: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    try:
+        while time.perf_counter() < deadline:
+            writer.write(REQUEST % (done % 50))
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected response: {head[:80]!r}")
+            match = _LENGTH.search(head)
+            if match is None:
+                raise RuntimeError("response without Content-Length")
+            body = await reader.readexactly(int(match.group(1)))
+            if int(body) != EXPECTED:
+                raise RuntimeError(f"wrong checksum {body!r}")
+            done += 1
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    counts.append(done)
+
+
+async def _load(port: int, seconds: float, concurrency: int) -> int:
+    counts: list[int] = []
+    deadline = time.perf_counter() + seconds
+    await asyncio.gather(*(_client(port, deadline, counts) for _ in range(concurrency)))
+    return sum(counts)
+
+
+def load(port: int, seconds: float, concurrency: int) -> tuple[float, int]:
+    """Requests per second over ``seconds`` and the number of requests answered."""
+    started = time.perf_counter()
+    answered = asyncio.run(_load(port, seconds, concurrency))
+    return answered / (time.perf_counter() - started), answered
+
+
+def wait_until_up(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
+        try:
+            load(port, 0.05, 1)
+            return
+        except OSError:
+            time.sleep(0.1)  # polling a server that is starting, with a deadline
+    raise RuntimeError(f"the server on port {port} did not come up in {timeout} s")
+
+
+def instrumented_count(port: int) -> float:
+    """The instrumented server's own count of answered /items requests, from /metrics."""
+    import httpx
+
+    body = httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=10).text
+    pattern = re.compile(
+        r'^ormtune_http_server_request_duration_seconds_count\{[^}]*route="/items/\{group\}"'
+        r"[^}]*\} (\S+)$",
+        re.MULTILINE,
+    )
+    return sum(float(value) for value in pattern.findall(body))
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--postgres", default=os.environ.get("ORMTUNE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s: a smoke run")
+    parser.add_argument("--serve", choices=("plain", "instrumented"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--log", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 2, 2.0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port, args.url, args.log)
+        return
+    with (
+        scratch_postgres(args.postgres, "ormtune_bench_http") as url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        setup = create_engine(url)
+        with setup.begin() as conn:
+            conn.execute(text("create table bench_items (id integer primary key, value integer)"))
+            conn.execute(
+                text("insert into bench_items select i, i * 2 from generate_series(1, :n) i"),
+                {"n": ROWS},
+            )
+        setup.dispose()
+        async_url = url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+        log_path = os.path.join(tmp, "requests.log")
+        ports = {"plain": 18651, "instrumented": 18652}
+        servers = {
+            variant: subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    variant,
+                    "--port",
+                    str(port),
+                    "--url",
+                    async_url,
+                    "--log",
+                    log_path,
+                ],
+            )
+            for variant, port in ports.items()
+        }
+        try:
+            for variant, port in ports.items():
+                wait_until_up(port, servers[variant])
+                load(port, 1.0, args.concurrency)  # warm-up: connections, caches
+            rates: dict[str, list[float]] = {variant: [] for variant in ports}
+            answered = 0
+            names = list(ports)
+            for round_number in range(args.rounds):
+                order = names if round_number % 2 == 0 else names[::-1]
+                for variant in order:
+                    rate, count = load(ports[variant], args.seconds, args.concurrency)
+                    rates[variant].append(rate)
+                    if variant == "instrumented":
+                        answered += count
+                    print(f"round {round_number + 1}: {variant:12} {rate:8.1f} req/s", flush=True)
+            counted = instrumented_count(ports["instrumented"])
+            with open(log_path) as log:
+                logged = sum(1 for line in log if '"/items/{group}"' in line)
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait(30)
+    plain, instrumented = median(rates["plain"]), median(rates["instrumented"])
+    paired = median([i / p for i, p in zip(rates["instrumented"], rates["plain"], strict=True)])
+    low, high = min(rates["plain"]), max(rates["plain"])
+    low_i, high_i = min(rates["instrumented"]), max(rates["instrumented"])
+    rows = [
+        ["plain", f"{plain:.1f}", f"{low:.1f}", f"{high:.1f}", "—", "—"],
+        ["middleware + metrics + JSON logs (INFO)", f"{instrumented:.1f}", f"{low_i:.1f}",
+         f"{high_i:.1f}", f"{instrumented / plain:.3f}", f"{paired:.3f}"],
+    ]  # fmt: skip
+    print()
+    print(f"Command: `{command_line()}`")
+    settings = {
+        "rounds": str(args.rounds),
+        "seconds": str(args.seconds),
+        "concurrency": str(args.concurrency),
+        "CPUs": str(os.cpu_count()),
+    }
+    print(f"({environment(settings)})")
+    print()
+    print(markdown_table(["variant", "median req/s", "min", "max", "ratio", "paired ratio"], rows))
+    print()
+    # The warm-up requests count too, so the server's counters are at least what was timed.
+    print(f"instrumented server counted {counted:.0f} /items requests and logged {logged} lines; "
+          f"{answered} were answered in timed rounds (plus warm-up)")  # fmt: skip
+    if counted < answered or logged < answered:
+        raise SystemExit("the instrumented server missed requests: its figures are not valid")
+    target = "met" if instrumented / plain >= 0.95 else "MISSED"
+    print(f"target (ratio >= 0.95): {target}")
+
+
+if __name__ == "__main__":
+    main()
