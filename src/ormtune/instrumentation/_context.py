@@ -7,9 +7,9 @@ requests (threads or asyncio tasks) never see each other's.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,8 +33,12 @@ _VALID_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 
 def new_request_id() -> str:
-    """A fresh request id: 32 hex digits (a random UUID)."""
-    return uuid.uuid4().hex
+    """A fresh request id: 32 random hex digits.
+
+    Ids must be unique, not secret, so they come from ``random`` (reseeded in every forked
+    worker by Python itself), which costs a fraction of a ``uuid4()``'s system call.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def accept_request_id(incoming: str | bytes | None) -> str:

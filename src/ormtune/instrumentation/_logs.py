@@ -16,9 +16,9 @@ processor chain (it is a plain structlog-style processor; structlog is not requi
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ormtune.instrumentation._context import current_request
@@ -51,9 +51,19 @@ def safe_log(
     logger: logging.Logger, level: int, message: str, *args: object, extra: Mapping[str, Any]
 ) -> None:
     """``logger.log``, except that nothing a handler or formatter raises reaches the caller:
-    logging must never break the request it describes."""
+    logging must never break the request it describes.
+
+    The record is made with ``Logger.makeRecord`` and passed to ``Logger.handle``, as
+    ``Logger.log`` does, minus its stack walk for the caller's file and line: the caller is
+    always ormtune, so that walk would cost a request time and tell nothing.
+    """
     try:
-        logger.log(level, message, *args, extra=extra)
+        if not logger.isEnabledFor(level):
+            return
+        record = logger.makeRecord(
+            logger.name, level, "(ormtune)", 0, message, args, None, None, dict(extra)
+        )
+        logger.handle(record)
     except Exception:
         try:
             logging.getLogger("ormtune.instrumentation").debug(
@@ -82,11 +92,23 @@ class JsonFormatter(logging.Formatter):
     field's value.
     """
 
+    _encode = json.JSONEncoder(default=str, ensure_ascii=False, separators=(", ", ": ")).encode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads swap it atomically
+
+    def _timestamp(self, created: float) -> str:
+        seconds = int(created)
+        cached, text = self._second
+        if seconds != cached:  # one strftime per second, not per line
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._second = (seconds, text)
+        return f"{text}.{int((created - seconds) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "timestamp": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -101,7 +123,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return self._encode(entry)
 
 
 def add_request_context(

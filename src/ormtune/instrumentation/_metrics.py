@@ -107,6 +107,7 @@ class Metrics:
         self._error = BoundedLabel(max_label_values)
         self._pool = BoundedLabel(max_label_values)
         self._children: dict[tuple[str, str, str], Any] = {}
+        self._request_children: dict[tuple[str | None, str, int], tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
 
         def histogram(name: str, doc: str, labels: Sequence[str], bounds: Sequence[float]) -> Any:
@@ -278,14 +279,23 @@ class Metrics:
         """Record one HTTP request; ``route`` must be a template (``/users/{id}``), never the
         raw path. The request id goes on the duration histogram as an exemplar (shown by the
         OpenMetrics exposition; multiprocess mode drops exemplars)."""
-        route_label = self._route(route)
-        method_label = method if method in _METHODS else "other"
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            route_label = self._route(route)
+            method_label = method if method in _METHODS else "other"
+            children = (
+                self.request_duration.labels(route_label, method_label, status_class(status)),
+                self.request_queries.labels(route_label),
+                self.request_db_duration.labels(route_label),
+            )
+            with self._lock:
+                if len(self._request_children) < 10_000:  # bounded, like the labels
+                    self._request_children[key] = children
         exemplar = {"request_id": request_id} if request_id else None
-        self.request_duration.labels(route_label, method_label, status_class(status)).observe(
-            duration, exemplar
-        )
-        self.request_queries.labels(route_label).observe(queries)
-        self.request_db_duration.labels(route_label).observe(db_duration)
+        children[0].observe(duration, exemplar)
+        children[1].observe(queries)
+        children[2].observe(db_duration)
 
     # -- pools (called by ormtune.instrumentation's pool hooks) -----------------------------
 

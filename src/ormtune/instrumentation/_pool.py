@@ -71,7 +71,16 @@ class TimedAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
 class _PoolRecorder:
     """Keeps one pool's gauges for one :class:`Metrics`."""
 
-    __slots__ = ("_checked_out", "_lock", "_metrics", "active", "label", "size")
+    __slots__ = (
+        "_checked_out",
+        "_checked_out_gauge",
+        "_lock",
+        "_metrics",
+        "_overflow_gauge",
+        "active",
+        "label",
+        "size",
+    )
 
     def __init__(self, metrics: Metrics, label: str) -> None:
         self.active = True
@@ -80,19 +89,21 @@ class _PoolRecorder:
         self.size = 0
         self._checked_out = 0
         self._lock = threading.Lock()
+        # Every checkout and checkin moves these two: look the children up once.
+        self._checked_out_gauge = metrics.pool_checked_out.labels(label)
+        self._overflow_gauge = metrics.pool_overflow.labels(label)
 
     def attach(self, pool: Pool) -> None:
         size = pool.size() if isinstance(pool, QueuePool) else 0
         with self._lock:
             self.size = size
             self._checked_out = pool.checkedout() if isinstance(pool, QueuePool) else 0
+            self._metrics.pool_size.labels(self.label).set(size)
             self._publish()
 
     def _publish(self) -> None:
-        metrics = self._metrics
-        metrics.pool_size.labels(self.label).set(self.size)
-        metrics.pool_checked_out.labels(self.label).set(self._checked_out)
-        metrics.pool_overflow.labels(self.label).set(max(0, self._checked_out - self.size))
+        self._checked_out_gauge.set(self._checked_out)
+        self._overflow_gauge.set(max(0, self._checked_out - self.size))
 
     def moved(self, delta: int) -> None:
         if not self.active:
