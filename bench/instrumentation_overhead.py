@@ -1,17 +1,20 @@
 """Requests per second of a Starlette endpoint running 5 queries on PostgreSQL, with and without
 ormtune's instrumentation (middleware + metrics + JSON logging at INFO).
 
-Two uvicorn servers run side by side, one per variant, each in a process of its own and each
-set up once as an application is. A load generator on loopback (asyncio, HTTP/1.1 keep-alive,
-``--concurrency`` connections) drives one server at a time for ``--seconds``, alternating the
-order every round; the report gives medians over rounds and their ratio. Every response is
-checked (status 200, the 5 rows' checksum), and at the end the instrumented server's own
-request counter must equal the number of requests it answered, so a broken instrumentation
-cannot pass as a fast one.
+Three uvicorn servers run side by side, each in a process of its own and set up once as an
+application is: plain; with only ormtune's engine listeners and an observer that does nothing
+(the floor any per-statement hook pays, mostly in SQLAlchemy's event dispatch); and fully
+instrumented. A load generator on loopback (asyncio, HTTP/1.1 keep-alive, ``--concurrency``
+connections) drives one server at a time for ``--seconds``, in an order that rotates every
+round; the report gives medians over rounds, ratios to plain, and each server's own CPU time
+per request (from /proc), which the load generator's and PostgreSQL's share of the two cores
+does not enter. Every response is checked (status 200, the 5 rows' checksum), and at the end
+the instrumented server's own request counter and log must cover every request it answered, so
+a broken instrumentation cannot pass as a fast one.
 
 Target (issue 6): instrumented / plain requests per second >= 0.95.
 
-    .venv-bench/bin/python bench/instrumentation_overhead.py            # 7 rounds of 8 s
+    .venv-bench/bin/python bench/instrumentation_overhead.py            # 6 rounds of 6 s each
     .venv-bench/bin/python bench/instrumentation_overhead.py --quick    # smoke run
 """
 
@@ -47,6 +50,12 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+VARIANTS = ("plain", "listeners", "instrumented")
+LABELS = {
+    "plain": "plain",
+    "listeners": "engine listeners + no-op observer",
+    "instrumented": "middleware + metrics + JSON logs (INFO)",
+}
 ROWS = 1000
 QUERIES = 5
 EXPECTED = sum(range(1, 6)) * 2  # the checksum of the 5 rows each request reads (ids 1-5)
@@ -78,6 +87,17 @@ def serve(variant: str, port: int, url: str, log_path: str) -> None:
     routes: list[Route | Mount] = [Route("/items/{group}", item)]
     app: object
     if variant == "plain":
+        app = Starlette(routes=routes)
+    elif variant == "listeners":
+        from ormtune.querylog import QueryEvent, observe
+
+        class Nothing:
+            def on_query(self, event: QueryEvent) -> None:
+                return
+
+        # Only ormtune's engine listeners and an observer that does nothing: the price of
+        # any per-statement hook, paid mostly in SQLAlchemy's event dispatch.
+        observe(Nothing(), engine)
         app = Starlette(routes=routes)
     else:
         from ormtune.instrumentation import JsonFormatter, OrmtuneMiddleware, instrument
@@ -138,6 +158,12 @@ def load(port: int, seconds: float, concurrency: int) -> tuple[float, int]:
     return answered / (time.perf_counter() - started), answered
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until_up(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -172,11 +198,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--postgres", default=os.environ.get("ORMTUNE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
     )
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s: a smoke run")
-    parser.add_argument("--serve", choices=("plain", "instrumented"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
@@ -205,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup.dispose()
         async_url = url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
         log_path = os.path.join(tmp, "requests.log")
-        ports = {"plain": 18651, "instrumented": 18652}
+        ports = {variant: 18651 + n for n, variant in enumerate(VARIANTS)}
         servers = {
             variant: subprocess.Popen(
                 [
@@ -228,16 +254,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                 wait_until_up(port, servers[variant])
                 load(port, 1.0, args.concurrency)  # warm-up: connections, caches
             rates: dict[str, list[float]] = {variant: [] for variant in ports}
+            cpu: dict[str, list[float]] = {variant: [] for variant in ports}
             answered = 0
             names = list(ports)
             for round_number in range(args.rounds):
-                order = names if round_number % 2 == 0 else names[::-1]
+                shift = round_number % len(names)
+                order = names[shift:] + names[:shift]
                 for variant in order:
+                    before = cpu_seconds(servers[variant].pid)
                     rate, count = load(ports[variant], args.seconds, args.concurrency)
+                    used = cpu_seconds(servers[variant].pid) - before
                     rates[variant].append(rate)
+                    cpu[variant].append(used / count * 1e6)
                     if variant == "instrumented":
                         answered += count
-                    print(f"round {round_number + 1}: {variant:12} {rate:8.1f} req/s", flush=True)
+                    print(
+                        f"round {round_number + 1}: {variant:12} {rate:8.1f} req/s "
+                        f"{cpu[variant][-1]:7.0f} server CPU us/request",
+                        flush=True,
+                    )
             counted = instrumented_count(ports["instrumented"])
             with open(log_path) as log:
                 logged = sum(1 for line in log if '"/items/{group}"' in line)
@@ -245,15 +280,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             for server in servers.values():
                 server.terminate()
                 server.wait(30)
-    plain, instrumented = median(rates["plain"]), median(rates["instrumented"])
-    paired = median([i / p for i, p in zip(rates["instrumented"], rates["plain"], strict=True)])
-    low, high = min(rates["plain"]), max(rates["plain"])
-    low_i, high_i = min(rates["instrumented"]), max(rates["instrumented"])
-    rows = [
-        ["plain", f"{plain:.1f}", f"{low:.1f}", f"{high:.1f}", "—", "—"],
-        ["middleware + metrics + JSON logs (INFO)", f"{instrumented:.1f}", f"{low_i:.1f}",
-         f"{high_i:.1f}", f"{instrumented / plain:.3f}", f"{paired:.3f}"],
-    ]  # fmt: skip
+    plain, cpu_plain = median(rates["plain"]), median(cpu["plain"])
+    rows = []
+    for variant in VARIANTS:
+        rate, used = median(rates[variant]), median(cpu[variant])
+        paired = median([v / p for v, p in zip(rates[variant], rates["plain"], strict=True)])
+        rows.append(
+            [
+                LABELS[variant],
+                f"{rate:.1f}",
+                f"{min(rates[variant]):.1f}",
+                f"{max(rates[variant]):.1f}",
+                f"{rate / plain:.3f}",
+                f"{paired:.3f}",
+                f"{used:.0f}",
+                f"{used - cpu_plain:+.0f}",
+            ]
+        )
+    instrumented = median(rates["instrumented"])
     print()
     print(f"Command: `{command_line()}`")
     settings = {
@@ -264,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     print(f"({environment(settings)})")
     print()
-    print(markdown_table(["variant", "median req/s", "min", "max", "ratio", "paired ratio"], rows))
+    headers = ["variant", "median req/s", "min", "max", "ratio", "paired ratio"]
+    headers += ["server CPU µs/request", "Δ CPU µs/request"]
+    print(markdown_table(headers, rows))
     print()
     # The warm-up requests count too, so the server's counters are at least what was timed.
     print(f"instrumented server counted {counted:.0f} /items requests and logged {logged} lines; "
