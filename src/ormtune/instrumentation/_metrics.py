@@ -96,7 +96,9 @@ class Metrics:
         max_label_values: int = 500,
     ) -> None:
         prom = _prometheus()
-        self.registry = registry
+        # Weak: metrics() keeps one Metrics per registry in a WeakKeyDictionary, which a strong
+        # reference back to its key would keep alive for ever (every test's fresh registry).
+        self._registry = weakref.ref(registry)
         self.namespace = namespace
         self.buckets = buckets = buckets or Buckets()
         self.max_label_values = max_label_values
@@ -224,6 +226,11 @@ class Metrics:
                 f"Get the metrics with metrics(registry) instead of Metrics(registry), or pass "
                 f"a fresh CollectorRegistry."
             ) from exc
+
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """The registry the collectors are registered on (None once it is gone)."""
+        return self._registry()
 
     # -- statements -------------------------------------------------------------------------
 
