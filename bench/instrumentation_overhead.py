@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
@@ -64,17 +65,29 @@ EXPECTED = sum(range(1, 6)) * 2  # the checksum of the 5 rows each request reads
 # -- the server -------------------------------------------------------------------------------
 
 
-def serve(variant: str, port: int, url: str, log_path: str) -> None:
-    """Run the benchmark app (plain or instrumented) under uvicorn until terminated."""
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "bench_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int]
+
+
+def serve(variant: str, port: int, url: str, log_path: str, workload: str) -> None:
+    """Run the benchmark app (one variant, one workload) under uvicorn until terminated."""
     import uvicorn
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Mount, Route
 
     engine = create_async_engine(url, pool_size=20, max_overflow=0)
+    sessions = async_sessionmaker(engine)
 
-    async def item(request: Request) -> Response:
+    async def core(request: Request) -> Response:
         total = 0
         async with engine.connect() as conn:
             for key in range(1, QUERIES + 1):
@@ -83,6 +96,18 @@ def serve(variant: str, port: int, url: str, log_path: str) -> None:
                 )
                 total += value.one()[1]
         return PlainTextResponse(str(total))
+
+    async def orm(request: Request) -> Response:
+        total = 0
+        async with sessions() as session:
+            for key in range(1, QUERIES + 1):
+                # select(), not session.get(): the identity map must not answer the 2nd time.
+                found = await session.scalars(select(Item).where(Item.id == key))
+                total += found.one().value
+                session.expunge_all()
+        return PlainTextResponse(str(total))
+
+    item = orm if workload == "orm" else core
 
     routes: list[Route | Mount] = [Route("/items/{group}", item)]
     app: object
@@ -206,6 +231,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workload",
+        choices=("core", "orm"),
+        default="core",
+        help="core: 5 text() selects on one connection (the least work per query, so the "
+        "worst case for relative overhead); orm: 5 select(Item) in an AsyncSession",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 2, 2.0
@@ -215,7 +247,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.url, args.log)
+        serve(args.serve, args.port, args.url, args.log, args.workload)
         return
     with (
         scratch_postgres(args.postgres, "ormtune_bench_http") as url,
@@ -245,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     async_url,
                     "--log",
                     log_path,
+                    "--workload",
+                    args.workload,
                 ],
             )
             for variant, port in ports.items()
@@ -304,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rounds": str(args.rounds),
         "seconds": str(args.seconds),
         "concurrency": str(args.concurrency),
+        "workload": args.workload,
         "CPUs": str(os.cpu_count()),
     }
     print(f"({environment(settings)})")
