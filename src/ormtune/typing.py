@@ -2,7 +2,9 @@
 
 A feature that wants every statement an application runs (N+1 detection, metrics, the
 dashboard) implements :class:`QueryObserver` and registers it with
-``ormtune.querylog.observe()``, instead of adding engine listeners of its own.
+``ormtune.querylog.observe()``, instead of adding engine listeners of its own; one that wants
+what other features report (cache outcomes, N+1 findings, autoload batches) implements
+:class:`SignalObserver` and registers it with ``ormtune.querylog.observe_signals()``.
 
 A cache store implements :class:`CacheBackend`; ``ormtune.caching`` talks to stores only
 through it, and ``ormtune.backends`` ships the memory, Redis and two-tier implementations.
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from ormtune.querylog import QueryEvent
+    from ormtune.querylog import QueryEvent, Signal
 
-__all__ = ["CacheBackend", "Lookup", "QueryObserver", "Token", "Version"]
+__all__ = ["CacheBackend", "Lookup", "QueryObserver", "SignalObserver", "Token", "Version"]
 
 Token: TypeAlias = tuple[str, str]
 """A dependency of cache entries: ``(group, member)``.
@@ -50,6 +52,19 @@ class QueryObserver(Protocol):
     """
 
     def on_query(self, event: QueryEvent, /) -> None: ...
+
+
+@runtime_checkable
+class SignalObserver(Protocol):
+    """Receives the signals ormtune's features emit besides statements: cache outcomes
+    (``CacheEvent``), N+1 findings (``NPlusOneSignal``) and autoload batches
+    (``AutoloadBatch``), registered with ``ormtune.querylog.observe_signals()``.
+
+    ``on_signal`` runs on the emitting thread, in its context, so it must be quick; an
+    exception from it is logged and swallowed.
+    """
+
+    def on_signal(self, signal: Signal, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ PACKAGES = [
     "ormtune.batchload",
     "ormtune.caching",
     "ormtune.backends",
+    "ormtune.instrumentation",
     "ormtune.testing",
 ]
 

@@ -24,6 +24,7 @@ from ormtune.batchload._options import (
     BatchMarker,
     Settings,
 )
+from ormtune.querylog import AutoloadBatch, emit, signals_wanted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -156,4 +157,6 @@ def batch_load(
     if len(members) < 2 or _one_target(members, prop):
         return None
     _reselect(orm_state, lazy, members, settings)
+    if signals_wanted():
+        emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))
     return _result_for(lazy.state, prop)

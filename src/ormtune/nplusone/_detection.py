@@ -36,6 +36,7 @@ from ormtune.nplusone._settings import (
     Settings,
     settings,
 )
+from ormtune.querylog import NPlusOneSignal, emit, signals_wanted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -252,6 +253,10 @@ class Detection:
             for pattern in pending:
                 pattern.reported = True
             findings = [pattern.finding() for pattern in pending]
+        if signals_wanted():
+            for finding in findings:
+                if finding.kind == "repeated":  # N+1s were signalled as they happened
+                    emit(NPlusOneSignal("repeated", finding.relationship, finding.count))
         self._emit(findings, may_raise=may_raise)
 
     def _emit(self, findings: list[Finding], *, may_raise: bool) -> None:
@@ -277,6 +282,15 @@ class Detection:
         cohort = lazy.cohort
         if cohort is None:
             return None, None
+        tally, error, signal = self._count_lazy_load(lazy, cohort, callsites)
+        if signal is not None:
+            emit(signal)  # outside the locks: a subscriber may take its own
+        return tally, error
+
+    def _count_lazy_load(
+        self, lazy: LazyLoad, cohort: Cohort, callsites: Callsites
+    ) -> tuple[Tally | None, NPlusOneError | None, NPlusOneSignal | None]:
+        signal: NPlusOneSignal | None = None
         with cohort.lock:
             tallies: dict[object, Tally] | None = cohort.notes.get(self._notes_key)
             if tallies is None:
@@ -291,9 +305,9 @@ class Detection:
             with self._lock:
                 if tally.pattern is not None:
                     tally.pattern.count += 1
-                    return tally, None
+                    return tally, None, None
                 if len(tally.members) < 2:
-                    return tally, None
+                    return tally, None, None
                 # The second member of the cohort: an N+1, from this line.
                 pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
                 tally.pattern = pattern
@@ -301,18 +315,21 @@ class Detection:
                 if pattern.fingerprint is None:
                     pattern.fingerprint = tally.fingerprint
                 if pattern.allowed:
-                    return tally, None
+                    return tally, None, None
+                if signals_wanted():
+                    # One signal per loop (a cohort turning into an N+1), for metrics.
+                    signal = NPlusOneSignal("n+1", pattern.relationship, tally.loads)
                 if self.mode == "raise":
                     pattern.reported = True
                     finding = pattern.finding()
-                    return tally, NPlusOneError(str(finding), findings=[finding])
+                    return tally, NPlusOneError(str(finding), findings=[finding]), signal
                 if not (self.installed and new):
-                    return tally, None
+                    return tally, None, signal
                 # An installed detection has no end to report at: report the pattern now, once.
                 pattern.reported = True
                 finding = pattern.finding()
         self._emit([finding], may_raise=False)
-        return tally, None
+        return tally, None, signal
 
     def _n_plus_one(self, lazy: LazyLoad, callsite: CallSite | None) -> tuple[_Pattern, bool]:
         """The N+1 pattern of ``lazy``'s relationship at ``callsite``, and whether it is new.

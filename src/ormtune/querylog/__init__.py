@@ -3,6 +3,10 @@
 ``capture()`` records the statements of one block of code into a :class:`QueryLog`;
 ``observe()`` sends every statement in the process to a :class:`~ormtune.typing.QueryObserver`.
 Both share one set of engine listeners, installed only while something listens.
+
+``emit()`` and ``observe_signals()`` carry what features report besides statements (cache
+outcomes, N+1 findings, autoload batches) from the package that knows to the packages that
+count, without either importing the other; see ``_signals.py``.
 """
 
 from ormtune.querylog._callsite import CallSite, find_callsite
@@ -19,30 +23,48 @@ from ormtune.querylog._cohorts import (
 from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryGroup, QueryLog
+from ormtune.querylog._signals import (
+    AutoloadBatch,
+    CacheEvent,
+    CacheOutcome,
+    NPlusOneSignal,
+    Signal,
+    emit,
+    observe_signals,
+    signals_wanted,
+)
 from ormtune.querylog._sqltext import StatementInfo, StatementKind, analyze, fingerprint
 
 __all__ = [
+    "AutoloadBatch",
+    "CacheEvent",
+    "CacheOutcome",
     "CallSite",
     "Capture",
     "Cohort",
     "LazyLoad",
+    "NPlusOneSignal",
     "Observation",
     "QueryEvent",
     "QueryGroup",
     "QueryLog",
     "Registration",
     "SharedHooks",
+    "Signal",
     "StatementInfo",
     "StatementKind",
     "analyze",
     "capture",
     "cohort_of",
+    "emit",
     "find_callsite",
     "fingerprint",
     "lazy_load_of",
     "listening",
     "observe",
+    "observe_signals",
     "redact",
+    "signals_wanted",
     "track_cohorts",
     "tracking_cohorts",
     "untrack_cohorts",

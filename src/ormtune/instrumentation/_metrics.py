@@ -1,0 +1,351 @@
+"""Prometheus metrics: queries, requests, caches, N+1 findings, autoload batches, pools.
+
+Names follow the Prometheus conventions (a ``ormtune_`` namespace, the unit as a suffix,
+``_total`` on counters) and the OpenTelemetry ones where they exist (``db_client_operation``
+for statements, ``http_server_request`` for requests, ``db_client_connection`` for pools).
+Every label has a bounded set of values: operations and status classes are fixed sets, routes
+are templates, tables and relationships come from the application's models, and each is capped
+by a :class:`~ormtune.instrumentation._labels.BoundedLabel` in case a bug feeds it raw input.
+
+``prometheus_client`` is imported when metrics are first made, not when this module is, so
+logging and the middleware work without it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ormtune.exceptions import ConfigurationError, MissingDependencyError
+from ormtune.instrumentation._labels import BoundedLabel, status_class
+from ormtune.querylog import AutoloadBatch, CacheEvent, NPlusOneSignal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from sqlalchemy.engine import Engine
+
+    from ormtune.querylog import QueryEvent, Signal
+
+__all__ = ["Buckets", "Metrics", "database_label", "metrics"]
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "prometheus_client", "prometheus", "ormtune.instrumentation metrics"
+        ) from exc
+    return prometheus_client
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """Histogram bucket bounds; the defaults suit web applications on a nearby database."""
+
+    query_seconds: tuple[float, ...] = (
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    )  # fmt: skip
+    request_seconds: tuple[float, ...] = (
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    )  # fmt: skip
+    queries_per_request: tuple[float, ...] = (0, 1, 2, 3, 5, 8, 13, 21, 50, 100, 200, 500)
+    pool_wait_seconds: tuple[float, ...] = (
+        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+    )  # fmt: skip
+    autoload_parents: tuple[float, ...] = (2, 5, 10, 20, 50, 100, 500, 1000, 5000)
+
+
+_OPERATIONS = {"select": "select", "insert": "insert", "update": "update", "delete": "delete"}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+_CACHE_LOOKUPS = frozenset({"hit", "miss", "bypass"})
+
+_databases: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def database_label(engine: Engine) -> str:
+    """``backend/database`` of an engine (``postgresql/shop``), memoised per engine; never the
+    host, user or password."""
+    label = _databases.get(engine)
+    if label is None:
+        url = engine.url
+        label = _databases[engine] = f"{url.get_backend_name()}/{url.database or ''}"
+    return label
+
+
+class Metrics:
+    """The collectors ormtune records into, on one registry.
+
+    Get one with :func:`metrics` (which returns the same object for the same registry, so two
+    apps or two tests never register a time series twice). It is a
+    :class:`~ormtune.typing.QueryObserver` and a :class:`~ormtune.typing.SignalObserver`;
+    :func:`ormtune.instrumentation.instrument` subscribes it, and the middleware calls
+    :meth:`record_request`. Recording never raises into the application.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        namespace: str = "ormtune",
+        buckets: Buckets | None = None,
+        max_label_values: int = 500,
+    ) -> None:
+        prom = _prometheus()
+        # Weak: metrics() keeps one Metrics per registry in a WeakKeyDictionary, which a strong
+        # reference back to its key would keep alive for ever (every test's fresh registry).
+        self._registry = weakref.ref(registry)
+        self.namespace = namespace
+        self.buckets = buckets = buckets or Buckets()
+        self.max_label_values = max_label_values
+        self._route = BoundedLabel(max_label_values)
+        self._table = BoundedLabel(max_label_values)
+        self._relationship = BoundedLabel(max_label_values)
+        self._cache = BoundedLabel(max_label_values)
+        self._error = BoundedLabel(max_label_values)
+        self._pool = BoundedLabel(max_label_values)
+        self._children: dict[tuple[str, str, str], Any] = {}
+        self._request_children: dict[tuple[str | None, str, int], tuple[Any, Any, Any]] = {}
+        self._lock = threading.Lock()
+
+        def histogram(name: str, doc: str, labels: Sequence[str], bounds: Sequence[float]) -> Any:
+            return prom.Histogram(
+                name, doc, labels, namespace=namespace, registry=registry, buckets=bounds
+            )
+
+        def counter(name: str, doc: str, labels: Sequence[str]) -> Any:
+            return prom.Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+        def gauge(name: str, doc: str, labels: Sequence[str]) -> Any:
+            # livesum: under multiprocess servers, the sum over the live worker processes.
+            return prom.Gauge(
+                name, doc, labels, namespace=namespace, registry=registry,
+                multiprocess_mode="livesum",
+            )  # fmt: skip
+
+        try:
+            self.query_duration: Histogram = histogram(
+                "db_client_operation_duration_seconds",
+                "Time the database took to execute one SQL statement.",
+                ("operation", "table", "database"),
+                buckets.query_seconds,
+            )
+            self.query_errors: Counter = counter(
+                "db_client_operation_errors_total",
+                "SQL statements the database refused, by the driver's error class.",
+                ("operation", "database", "error_type"),
+            )
+            self.request_queries: Histogram = histogram(
+                "http_server_request_db_queries",
+                "SQL statements executed per HTTP request.",
+                ("route",),
+                buckets.queries_per_request,
+            )
+            self.request_db_duration: Histogram = histogram(
+                "http_server_request_db_duration_seconds",
+                "Time spent in the database per HTTP request.",
+                ("route",),
+                buckets.request_seconds,
+            )
+            self.request_duration: Histogram = histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP requests, from the first byte received to the last sent.",
+                ("route", "method", "status_class"),
+                buckets.request_seconds,
+            )
+            self.cache_lookups: Counter = counter(
+                "cache_lookups_total",
+                "Query cache lookups by outcome: hit, miss or bypass.",
+                ("cache", "outcome"),
+            )
+            self.cache_invalidations: Counter = counter(
+                "cache_invalidations_total",
+                "Commits that invalidated entries of a query cache.",
+                ("cache",),
+            )
+            self.cache_rejected: Counter = counter(
+                "cache_rejected_stores_total",
+                "Query cache stores refused (dependencies changed while reading, too large).",
+                ("cache",),
+            )
+            self.nplusone_findings: Counter = counter(
+                "nplusone_findings_total",
+                "N+1 loops and repeated queries found, by relationship.",
+                ("relationship", "kind"),
+            )
+            self.autoload_batches: Counter = counter(
+                "autoload_batches_total",
+                "Batch loads made by ormtune.autoload(), by relationship.",
+                ("relationship",),
+            )
+            self.autoload_parents: Histogram = histogram(
+                "autoload_batch_parents",
+                "Objects whose relationship one autoload batch loaded.",
+                ("relationship",),
+                buckets.autoload_parents,
+            )
+            self.pool_size: Gauge = gauge(
+                "db_client_connection_pool_size",
+                "Configured size of a connection pool (QueuePool pool_size).",
+                ("pool",),
+            )
+            self.pool_checked_out: Gauge = gauge(
+                "db_client_connection_checked_out",
+                "Connections checked out of a pool, in use by the application.",
+                ("pool",),
+            )
+            self.pool_overflow: Gauge = gauge(
+                "db_client_connection_overflow",
+                "Checked-out connections beyond pool_size (the overflow in use).",
+                ("pool",),
+            )
+            self.pool_wait: Histogram = histogram(
+                "db_client_connection_wait_time_seconds",
+                "Time to obtain a connection from a pool (timed pools only).",
+                ("pool",),
+                buckets.pool_wait_seconds,
+            )
+            self.pool_timeouts: Counter = counter(
+                "db_client_connection_timeouts_total",
+                "Checkouts that gave up waiting for a connection (timed pools only).",
+                ("pool",),
+            )
+            self.pool_invalidated: Counter = counter(
+                "db_client_connection_invalidated_total",
+                "Connections invalidated (disconnects, errors, soft invalidation).",
+                ("pool",),
+            )
+        except ValueError as exc:  # "Duplicated timeseries in CollectorRegistry"
+            raise ConfigurationError(
+                f"ormtune's metrics (namespace {namespace!r}) are already registered on this "
+                f"registry by something other than ormtune.instrumentation.metrics(): {exc}. "
+                f"Get the metrics with metrics(registry) instead of Metrics(registry), or pass "
+                f"a fresh CollectorRegistry."
+            ) from exc
+
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """The registry the collectors are registered on (None once it is gone)."""
+        return self._registry()
+
+    # -- statements -------------------------------------------------------------------------
+
+    def on_query(self, event: QueryEvent) -> None:
+        """Record one statement's duration (and its error, if it failed)."""
+        info = event.statement
+        operation = _OPERATIONS.get(info.kind, "other")
+        database = database_label(event.engine)
+        key = (operation, info.tables[0] if info.tables else "", database)
+        child = self._children.get(key)
+        if child is None:
+            child = self.query_duration.labels(operation, self._table(key[1]), database)
+            with self._lock:
+                self._children[key] = child
+        child.observe(event.duration)
+        if event.error is not None:
+            error_type = self._error(type(event.error).__name__)
+            self.query_errors.labels(operation, database, error_type).inc()
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def on_signal(self, signal: Signal) -> None:
+        """Count a cache outcome, an N+1 finding or an autoload batch."""
+        if isinstance(signal, CacheEvent):
+            cache = self._cache(signal.name)
+            if signal.outcome in _CACHE_LOOKUPS:
+                self.cache_lookups.labels(cache, signal.outcome).inc()
+            elif signal.outcome == "invalidation":
+                self.cache_invalidations.labels(cache).inc()
+            elif signal.outcome == "rejected":
+                self.cache_rejected.labels(cache).inc()
+        elif isinstance(signal, NPlusOneSignal):
+            relationship = self._relationship(signal.relationship)
+            self.nplusone_findings.labels(relationship, signal.kind).inc()
+        elif isinstance(signal, AutoloadBatch):
+            relationship = self._relationship(signal.relationship)
+            self.autoload_batches.labels(relationship).inc()
+            self.autoload_parents.labels(relationship).observe(signal.parents)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def record_request(
+        self,
+        *,
+        route: str | None,
+        method: str,
+        status: int,
+        duration: float,
+        queries: int,
+        db_duration: float,
+        request_id: str | None = None,
+    ) -> None:
+        """Record one HTTP request; ``route`` must be a template (``/users/{id}``), never the
+        raw path. The request id goes on the duration histogram as an exemplar (shown by the
+        OpenMetrics exposition; multiprocess mode drops exemplars)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            route_label = self._route(route)
+            method_label = method if method in _METHODS else "other"
+            children = (
+                self.request_duration.labels(route_label, method_label, status_class(status)),
+                self.request_queries.labels(route_label),
+                self.request_db_duration.labels(route_label),
+            )
+            with self._lock:
+                if len(self._request_children) < 10_000:  # bounded, like the labels
+                    self._request_children[key] = children
+        exemplar = {"request_id": request_id} if request_id else None
+        children[0].observe(duration, exemplar)
+        children[1].observe(queries)
+        children[2].observe(db_duration)
+
+    # -- pools (called by ormtune.instrumentation's pool hooks) -----------------------------
+
+    def pool_label(self, name: str) -> str:
+        return self._pool(name)
+
+
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Metrics]] = (
+    weakref.WeakKeyDictionary()
+)
+_registry_lock = threading.Lock()
+
+
+def metrics(
+    registry: CollectorRegistry | None = None,
+    *,
+    namespace: str = "ormtune",
+    buckets: Buckets | None = None,
+    max_label_values: int = 500,
+) -> Metrics:
+    """ormtune's metrics on ``registry`` (default: prometheus_client's global ``REGISTRY``),
+    made on the first call and returned again on every later call with the same registry and
+    namespace, so registering twice never raises "Duplicated timeseries".
+
+    ``buckets`` and ``max_label_values`` apply when the metrics are made; asking again with
+    different ones is a :class:`~ormtune.exceptions.ConfigurationError`, because the
+    collectors already exist with the first ones.
+    """
+    prom = _prometheus()
+    target: CollectorRegistry = prom.REGISTRY if registry is None else registry
+    wanted = buckets or Buckets()
+    with _registry_lock:
+        made = _by_registry.setdefault(target, {})
+        existing = made.get(namespace)
+        if existing is None:
+            existing = made[namespace] = Metrics(
+                target, namespace=namespace, buckets=wanted, max_label_values=max_label_values
+            )
+        elif existing.buckets != wanted or existing.max_label_values != max_label_values:
+            raise ConfigurationError(
+                f"ormtune's metrics in namespace {namespace!r} already exist on this registry "
+                f"with buckets={existing.buckets!r} and "
+                f"max_label_values={existing.max_label_values}; they cannot be made again with "
+                f"other settings. Pass the same settings, or another namespace or registry."
+            )
+    return existing
