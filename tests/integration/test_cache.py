@@ -131,6 +131,7 @@ def test_committed_orm_update_is_seen_by_the_next_read(db: Engine, qc: QueryCach
         pytest.param(
             lambda s: s.execute(delete(Account).where(Account.id == 1)), id="fk-cascade-delete"
         ),
+        pytest.param(lambda s: s.delete(s.get(Account, 1)), id="orm-delete-fk-cascade"),
     ],
 )
 def test_every_write_path_invalidates(db: Engine, qc: QueryCache, write: Any) -> None:
@@ -587,3 +588,30 @@ def test_backend_failures_are_logged_once_per_interval(
     warnings = [r for r in caplog.records if r.name == "ormtune.caching"]
     assert len(warnings) == 1
     assert "the store is down" in warnings[0].getMessage()
+
+
+def test_outcomes_are_emitted_as_cache_events(db: Engine, qc: QueryCache) -> None:
+    from ormtune.querylog import CacheEvent, Signal, observe_signals
+
+    seen: list[CacheEvent] = []
+
+    class Listener:
+        def on_signal(self, signal: Signal) -> None:
+            if isinstance(signal, CacheEvent):
+                seen.append(signal)
+
+    with observe_signals(Listener()):
+        for _ in range(3):
+            payments_of(db, 1, name="p")
+        with Session(db) as session:
+            session.add(Payment(account_id=1, amount=1))
+            assert len(session.scalars(payments_stmt(1, name="p")).all()) == 4
+            session.commit()
+    assert [(e.name, e.outcome, e.reason) for e in seen] == [
+        ("p", "miss", None),
+        ("p", "miss", None),
+        ("p", "hit", None),
+        ("p", "bypass", "dirty-session"),
+        ("(all)", "invalidation", None),
+    ]
+    assert seen[-1].tables == ("c_payments",)

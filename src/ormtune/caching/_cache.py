@@ -221,13 +221,14 @@ class QueryCache:
             tokens |= {(group, ANY_ROW), (group, UNKNOWN_ROWS)}
         if not targets and not tables:
             tokens.add(EVERYTHING)
-        self._stats.invalidated(None, len(groups) or 1)
+        self._stats.invalidated(None, len(groups) or 1, tuple(sorted(groups)))
         self._send_bumps(tokens, raise_errors=True)
 
     # -- backend access -----------------------------------------------------------------------
 
     def _bump_after_commit(self, tokens: set[Token]) -> None:
-        self._stats.invalidated(None, len(tokens))
+        tables = tuple(sorted({group for group, _ in tokens if group != "*"}))
+        self._stats.invalidated(None, len(tables), tables)
         self._send_bumps(tokens, raise_errors=False)
 
     def _send_bumps(self, tokens: set[Token], *, raise_errors: bool) -> None:

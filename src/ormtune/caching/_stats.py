@@ -1,10 +1,17 @@
-"""Cache statistics: per cache name and overall, readable and exact."""
+"""Cache statistics: per cache name and overall, readable and exact.
+
+Each counted outcome is also emitted as a :class:`~ormtune.querylog.CacheEvent` on the signal
+channel (when anyone subscribes), with a short fixed reason code, so metrics and the dashboard
+can show them without importing this package.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+
+from ormtune.querylog import CacheEvent, emit, signals_wanted
 
 __all__ = ["CacheStats", "NameStats", "StatsRecorder"]
 
@@ -63,6 +70,37 @@ class CacheStats:
         return "\n".join(lines)
 
 
+# Human reasons (in stats) -> short fixed codes (on signals, bounded for metric labels).
+_CODES = (
+    ("session wrote to", "dirty-session"),
+    ("populate_existing", "populate-existing"),
+    ("with_for_update", "for-update"),
+    ("yield_per", "streaming"),
+    ("refresh", "refresh"),
+    ("not an ORM statement", "not-orm"),
+    ("statement has no cache key", "no-cache-key"),
+    ("non-deterministic function", "non-deterministic"),
+    ("cache backend unavailable", "backend-error"),
+    ("cache backend recovering", "backend-recovering"),
+    ("transaction snapshot", "old-snapshot"),
+    ("undecodable entry", "undecodable"),
+    ("arguments cannot be part of a key", "unkeyable-arguments"),
+    ("outdated snapshot", "version-moved"),
+    ("result too large", "too-large"),
+    ("objects were already in the session", "identity-map"),
+    ("statement read tables", "new-tables"),
+    ("function read tables", "new-tables"),
+)
+
+
+def reason_code(reason: str) -> str:
+    """The short fixed code of a human-readable bypass or rejection reason."""
+    for prefix, code in _CODES:
+        if reason.startswith(prefix):
+            return code
+    return "unencodable" if "cannot be cached" in reason else "other"
+
+
 class StatsRecorder:
     """The live counters, updated under one lock (a few hundred nanoseconds per event)."""
 
@@ -81,21 +119,29 @@ class StatsRecorder:
         with self._lock:
             for stats in self._both(name):
                 stats.hits += 1
+        if signals_wanted():
+            emit(CacheEvent(name, "hit"))
 
     def miss(self, name: str) -> None:
         with self._lock:
             for stats in self._both(name):
                 stats.misses += 1
+        if signals_wanted():
+            emit(CacheEvent(name, "miss"))
 
     def bypass(self, name: str, reason: str) -> None:
         with self._lock:
             for stats in self._both(name):
                 stats.bypasses[reason] += 1
+        if signals_wanted():
+            emit(CacheEvent(name, "bypass", reason_code(reason)))
 
     def reject(self, name: str, reason: str) -> None:
         with self._lock:
             for stats in self._both(name):
                 stats.rejected[reason] += 1
+        if signals_wanted():
+            emit(CacheEvent(name, "rejected", reason_code(reason)))
 
     def error(self, name: str | None) -> None:
         with self._lock:
@@ -103,11 +149,13 @@ class StatsRecorder:
             for stats in targets:
                 stats.errors += 1
 
-    def invalidated(self, name: str | None, count: int = 1) -> None:
+    def invalidated(self, name: str | None, count: int = 1, tables: tuple[str, ...] = ()) -> None:
         with self._lock:
             targets = self._both(name) if name is not None else (self._overall,)
             for stats in targets:
                 stats.invalidations += count
+        if signals_wanted():
+            emit(CacheEvent(name or "(all)", "invalidation", None, tables))
 
     def snapshot(self) -> CacheStats:
         with self._lock:

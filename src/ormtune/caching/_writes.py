@@ -352,7 +352,7 @@ class WriteTracker:
         ]
         if not transactions:
             return
-        known, unknown = _rows_written(session)
+        known, unknown, changed = _rows_written(session)
         for transaction in transactions:
             groups = transaction.flush_groups
             transaction.flush_groups = set()
@@ -365,8 +365,8 @@ class WriteTracker:
                 else:
                     tokens.add((group, ANY_ROW))
                     tokens.update((group, member) for member in members)
-            deleted_or_updated = {g for g in groups if g in unknown or g in known}
-            tokens |= _written_tokens(self._cascade_targets(deleted_or_updated) - groups)
+            # Rows updated or deleted may cascade (ON DELETE/UPDATE) to rows of other tables.
+            tokens |= _written_tokens(self._cascade_targets(groups & changed) - groups)
             transaction.add(tokens)
 
     def _session_commit(self, session: Session) -> None:
@@ -410,11 +410,13 @@ def _is_autocommit(conn: Connection) -> bool:
     return bool(check()) if check is not None else False
 
 
-def _rows_written(session: Session) -> tuple[dict[str, set[str]], set[str]]:
-    """Fine members of the rows this flush wrote, per table group, and the groups where some
-    row's tracked values could not be read (those get table-wide tokens)."""
+def _rows_written(session: Session) -> tuple[dict[str, set[str]], set[str], set[str]]:
+    """Fine members of the rows this flush wrote, per table group; the groups where some
+    row's tracked values could not be read (those get table-wide tokens); and the groups with
+    updated or deleted rows (whose foreign-key cascades may reach other tables)."""
     known: dict[str, set[str]] = {}
     unknown: set[str] = set()
+    changed: set[str] = set()
     for objects, use_old, use_new in (
         (session.new, False, True),
         (session.dirty, True, True),
@@ -427,6 +429,8 @@ def _rows_written(session: Session) -> tuple[dict[str, set[str]], set[str]]:
             values = state.dict
             for table in mapper.tables:
                 group = table_group(table.name)
+                if use_old:
+                    changed.add(group)
                 members = known.setdefault(group, set())
                 for column in table.columns:
                     if column.name not in tracked_columns(table):
@@ -449,7 +453,7 @@ def _rows_written(session: Session) -> tuple[dict[str, set[str]], set[str]]:
                             unknown.add(group)
                         else:
                             members.add(member)
-    return known, unknown
+    return known, unknown, changed
 
 
 _MISSING = object()
