@@ -36,6 +36,12 @@ from ormtune.exceptions import (
     OrmtuneError,
     QueryCountError,
 )
+from ormtune.instrumentation import (
+    OrmtuneMiddleware,
+    OrmtuneWSGIMiddleware,
+    instrument,
+    metrics_app,
+)
 from ormtune.querylog import (
     CallSite,
     QueryEvent,
@@ -57,6 +63,8 @@ __all__ = [
     "NPlusOneError",
     "NPlusOneWarning",
     "OrmtuneError",
+    "OrmtuneMiddleware",
+    "OrmtuneWSGIMiddleware",
     "QueryCache",
     "QueryCountError",
     "QueryEvent",
@@ -71,6 +79,8 @@ __all__ = [
     "cached",
     "capture",
     "fingerprint",
+    "instrument",
     "invalidate",
+    "metrics_app",
     "observe",
 ]
