@@ -7,7 +7,9 @@ SQLAlchemy's own documented recipe; the option reaches joins, ``has()``/``any()`
 UNION members and CTEs, and (being propagated to loaders) lazy, selectin, joined and subquery
 loads of relationships, many-to-many included. :func:`include_deleted` is the opt-out: an
 option that travels the same way, so relationships loaded from an opted-out statement are
-opted out too.
+opted out too. Refreshes of expired instances, which SQLAlchemy keeps out of loader criteria,
+get the same condition as a WHERE clause, so a row soft-deleted since it was loaded reads as
+gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would.
 
 ``session.get()`` answers from the identity map without SQL and without any event, so a
 soft-deleted instance must not stay there: the flush that soft-deletes an instance (whichever
@@ -68,7 +70,16 @@ def _filter_deleted(state: ORMExecuteState) -> None:
         return
     if any(isinstance(option, IncludeDeleted) for option in state.user_defined_options):
         return
-    statement = state.statement
+    statement: Any = state.statement
+    if state.is_column_load:
+        # SQLAlchemy deliberately leaves refreshes (expired attributes, session.refresh, and
+        # session.get of an expired instance) out of with_loader_criteria; a row deleted
+        # since it was loaded must read as gone there too, as a hard-deleted one would.
+        for mapper in state.all_mappers:
+            if issubclass(mapper.class_, SoftDeleteMixin):
+                statement = statement.where(mapper.class_.deleted_at.is_(None))
+        state.statement = statement
+        return
     # Relationship loads and refreshes carry the option propagated from the statement that
     # loaded their parent; adding it twice would only repeat the criteria in the SQL.
     criteria = _CRITERIA
