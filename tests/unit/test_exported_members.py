@@ -15,6 +15,8 @@ PACKAGES = [
     "ormtune.nplusone",
     "ormtune.batchload",
     "ormtune.testing",
+    "ormtune.repository",
+    "ormtune.integrity",
 ]
 
 

@@ -25,14 +25,15 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, event, insert, inspect
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, event, insert, inspect
 from sqlalchemy import select as sql_select
 from sqlalchemy import tuple_ as sql_tuple
+from sqlalchemy.exc import ResourceClosedError
 from sqlalchemy.orm import Mapped, Mapper, Session, declared_attr, mapped_column
 
 from ormtune.exceptions import ConfigurationError
 from ormtune.integrity._context import current_audit_context
-from ormtune.integrity._softdelete import IncludeDeleted, include_deleted, utcnow
+from ormtune.integrity._softdelete import TIMESTAMP, IncludeDeleted, include_deleted, utcnow
 from ormtune.querylog import Registration
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class AuditLogMixin:
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     occurred_at: Mapped[datetime.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, nullable=False
+        TIMESTAMP, default=utcnow, nullable=False
     )
     table_name: Mapped[str] = mapped_column(String(255), nullable=False)
     row_key: Mapped[str | None] = mapped_column(String(255))
@@ -276,6 +277,14 @@ class _Recorder:
         return bulk.insert() if state.is_insert else bulk.update_or_delete()
 
 
+def _returns_rows(result: Result[Any]) -> bool:
+    try:
+        result.keys()
+    except ResourceClosedError:  # "This result object does not return rows"
+        return False
+    return True
+
+
 def _flushed(session: Session) -> Iterable[tuple[object, str]]:
     for instance in session.new:
         yield instance, "new"
@@ -375,21 +384,21 @@ class _BulkStatement:
         if keys:
             before = self._rekey(self._by_keys(key_attrs, keys, include=True, lock=True), key_names)
         result = self.state.invoke_statement()
-        returns_entity = any(
-            d.get("entity") is self.mapper.class_ and d.get("expr") is self.mapper.class_
-            for d in statement.returning_column_descriptions
-        )
         after: dict[_Key, _Values] = {}
-        if returns_entity:
+        if _returns_rows(result):
+            # RETURNING (a repository's create_many and upsert return the model): read the
+            # rows, and hand the caller a fresh result over the same rows.
             frozen = result.freeze()
             for row in frozen().all():
-                instance = next(v for v in row if isinstance(v, self.mapper.class_))
+                instance = next((v for v in row if isinstance(v, self.mapper.class_)), None)
+                if instance is None:
+                    break
                 values = {a: inspect(instance).dict.get(a) for a in self.value_keys}
                 after[tuple(values[k] for k in key_names or self.cols.pk_keys)] = values
             result = frozen()
-        elif keys:
+        if not after and keys:
             after = self._rekey(self._by_keys(key_attrs, keys, include=True), key_names)
-        else:
+        elif not after:
             upsert = getattr(statement, "_post_values_clause", None) is not None
             self.recorder.write(self.session, [self._unkeyed(p, upsert) for p in params])
             return result

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import datetime  # noqa: TC003 (SQLAlchemy resolves Mapped[...] annotations at runtime)
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ormtune.integrity._context import current_actor
-from ormtune.integrity._softdelete import utcnow
+from ormtune.integrity._softdelete import TIMESTAMP, utcnow
 
 __all__ = ["AuditMixin"]
 
@@ -24,11 +24,9 @@ class AuditMixin:
     """Adds ``created_at``, ``updated_at`` (timezone-aware, UTC), ``created_by`` and
     ``updated_by`` (the actor from :func:`~ormtune.integrity.audit_context`, or ``NULL``)."""
 
-    created_at: Mapped[datetime.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, nullable=False
-    )
+    created_at: Mapped[datetime.datetime] = mapped_column(TIMESTAMP, default=utcnow, nullable=False)
     updated_at: Mapped[datetime.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow, nullable=False
+        TIMESTAMP, default=utcnow, onupdate=utcnow, nullable=False
     )
     created_by: Mapped[str | None] = mapped_column(String(255), default=current_actor)
     updated_by: Mapped[str | None] = mapped_column(

@@ -25,6 +25,7 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import DateTime, Index, String, event, inspect, text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm.util import LoaderCriteriaOption
 
 __all__ = [
+    "TIMESTAMP",
     "IncludeDeleted",
     "SoftDeleteByMixin",
     "SoftDeleteMixin",
@@ -54,6 +56,12 @@ __all__ = [
 ]
 
 _DETACH_KEY = "ormtune_soft_deleted"
+
+
+TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+"""The column type of every ormtune timestamp: timezone-aware where the database has that
+(PostgreSQL), microseconds everywhere (MariaDB's DATETIME drops them unless asked). MariaDB
+and SQLite return naive datetimes; ormtune always writes UTC."""
 
 
 def utcnow() -> datetime.datetime:
@@ -159,7 +167,7 @@ class SoftDeleteMixin:
     """
 
     deleted_at: Mapped[datetime.datetime | None] = mapped_column(
-        DateTime(timezone=True), default=None, nullable=True
+        TIMESTAMP, default=None, nullable=True
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
