@@ -26,7 +26,6 @@ from ormtune.integrity._context import (
     set_audit_context,
 )
 from ormtune.integrity._softdelete import (
-    TIMESTAMP,
     IncludeDeleted,
     SoftDeleteByMixin,
     SoftDeleteMixin,
@@ -41,7 +40,6 @@ from ormtune.integrity._softdelete import (
 
 __all__ = [
     "AUDIT_KEYS_OPTION",
-    "TIMESTAMP",
     "AuditAction",
     "AuditContext",
     "AuditLogMixin",
