@@ -60,6 +60,11 @@ class Harness:
         assert self._async_session is not None
         return self._async_session.sync_session
 
+    @property
+    def async_session(self) -> AsyncSession:
+        assert self._async_session is not None, "a sync harness has no AsyncSession"
+        return self._async_session
+
     async def run(self, fn: Callable[[Session], T]) -> T:
         """``fn(session)``; under asyncio inside ``run_sync`` (lazy loads allowed)."""
         if self._async_session is not None:
