@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, union, update
 from sqlalchemy.orm import aliased, joinedload, selectinload, subqueryload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
+import ormtune
 from ormtune.exceptions import DuplicateKeyError
 from ormtune.integrity import (
     audit_context,
@@ -21,6 +22,7 @@ from ormtune.integrity import (
     soft_delete,
 )
 from ormtune.repository import translating
+from ormtune.testing import assert_num_queries
 from tests.integrity_models import Account, Job, Payment, Tag, User
 
 if TYPE_CHECKING:
@@ -295,3 +297,27 @@ async def test_a_deleted_row_does_not_block_its_unique_key(db: Harness) -> None:
         return
     await db.run(check)
     assert await db.repo(User).count(filters={"email": "bob@example.com"}) == 1
+
+
+async def test_autoload_batches_with_the_filter_and_the_opt_out(db: Harness) -> None:
+    def seed_more(session: Session) -> None:
+        for i in range(3, 6):
+            session.add(User(id=i, email=f"u{i}@example.com", name=f"u{i}"))
+            session.add(Payment(id=i * 10, amount=1, user_id=i))
+            session.add(Payment(id=i * 10 + 1, amount=1, user_id=i, deleted_at=YESTERDAY))
+        session.commit()
+        session.expunge_all()
+
+    await db.run(seed_more)
+
+    def walk(session: Session, *options: Any) -> dict[int, list[int]]:
+        users = session.scalars(select(User).order_by(User.id).options(*options)).all()
+        return {u.id: ids(u.payments) for u in users}
+
+    with ormtune.autoload(), assert_num_queries(3):  # users, their keys, all payments
+        live = await db.run(walk)
+    assert live == {1: [10], 3: [30], 4: [40], 5: [50]}
+    await db.fresh()
+    with ormtune.autoload(), assert_num_queries(3):
+        everything = await db.run(lambda s: walk(s, include_deleted()))
+    assert everything == {1: [10, 11], 2: [20], 3: [30, 31], 4: [40, 41], 5: [50, 51]}

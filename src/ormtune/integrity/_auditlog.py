@@ -11,7 +11,9 @@ Two hooks feed it, both SQLAlchemy session events:
   the statement's own WHERE clause, so the set cannot change underneath), runs the statement,
   reads the rows again and records the difference.
 
-Entries are written with one executemany INSERT on the session's own connection.
+Entries are queued on the session and written when it commits (one executemany INSERT on the
+session's own connection, inside the transaction being committed); entries made inside a
+transaction or savepoint that rolls back are dropped with it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ormtune.querylog import Registration
 
 if TYPE_CHECKING:
     from sqlalchemy import Result
-    from sqlalchemy.orm import ORMExecuteState, UOWTransaction
+    from sqlalchemy.orm import ORMExecuteState, SessionTransaction, UOWTransaction
     from sqlalchemy.orm.state import InstanceState
 
 __all__ = ["AUDIT_KEYS_OPTION", "AuditAction", "AuditLogMixin", "record_audit_log"]
@@ -161,6 +163,7 @@ class _Recorder:
         self.masked = set(mask_columns)
         self.mask = mask
         self._columns: dict[Mapper[Any], _Columns | None] = {}
+        self._pending_key = f"ormtune_audit_pending_{id(self)}"
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -228,9 +231,34 @@ class _Recorder:
         }
 
     def write(self, session: Session, entries: Sequence[dict[str, Any]]) -> None:
+        """Queue ``entries`` on the session, tagged with the (nested) transaction they
+        belong to."""
         if entries:
+            transaction = session.get_nested_transaction() or session.get_transaction()
+            pending = session.info.setdefault(self._pending_key, [])
+            pending.extend((transaction, entry) for entry in entries)
+
+    def before_commit(self, session: Session) -> None:
+        """Write the queued entries in the transaction that is committing."""
+        if not session.info.get(self._pending_key) and not (
+            session.new or session.dirty or session.deleted
+        ):
+            return
+        session.flush()  # the commit's own flush comes after this event: make it now
+        pending = session.info.pop(self._pending_key, [])
+        if pending:
             connection = session.connection(bind_arguments={"mapper": self.log_mapper})
-            connection.execute(insert(self.log_table), list(entries))
+            connection.execute(insert(self.log_table), [entry for _, entry in pending])
+
+    def after_soft_rollback(self, session: Session, previous: SessionTransaction) -> None:
+        """Drop the entries of a transaction (or savepoint) that rolled back."""
+        pending = session.info.get(self._pending_key)
+        if pending:
+            session.info[self._pending_key] = [
+                (transaction, entry)
+                for transaction, entry in pending
+                if not _within(transaction, previous)
+            ]
 
     # -- the unit of work --------------------------------------------------------------------
 
@@ -275,6 +303,14 @@ class _Recorder:
             return None
         bulk = _BulkStatement(self, state, mapper, cols)
         return bulk.insert() if state.is_insert else bulk.update_or_delete()
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 def _returns_rows(result: Result[Any]) -> bool:
@@ -472,6 +508,8 @@ def record_audit_log(
     listeners: list[tuple[str, Callable[..., Any]]] = [
         ("after_flush", recorder.after_flush),
         ("do_orm_execute", recorder.on_execute),
+        ("before_commit", recorder.before_commit),
+        ("after_soft_rollback", recorder.after_soft_rollback),
     ]
     for name, listener in listeners:
         event.listen(target, name, listener)

@@ -130,6 +130,8 @@ _LISTENERS = (
 def _install() -> None:
     global _CRITERIA
     if _CRITERIA is None:
+        # Propagated to loaders: joined eager loads only apply criteria that propagate, and
+        # lazy loads then carry it (ormtune.autoload() batches them with it).
         _CRITERIA = with_loader_criteria(
             SoftDeleteMixin, lambda cls: cls.deleted_at.is_(None), include_aliases=True
         )
@@ -139,9 +141,18 @@ def _install() -> None:
 
 
 class IncludeDeleted(UserDefinedOption):
-    """The option :func:`include_deleted` returns; it propagates to relationship loads."""
+    """The option :func:`include_deleted` returns; it propagates to relationship loads.
+
+    It is part of the statement's cache key: SQLAlchemy hands loaded objects the options of
+    the cached statement matched *by position*, so statements with and without it must never
+    share a compiled form.
+    """
 
     propagate_to_loaders = True
+    _is_has_cache_key = True
+
+    def _gen_cache_key(self, anon_map: object, bindparams: object) -> tuple[object, ...]:
+        return (type(self).__qualname__,)
 
 
 _INCLUDE_DELETED = IncludeDeleted()
