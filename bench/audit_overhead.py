@@ -140,7 +140,7 @@ def list_and_count_queries(engine: Engine) -> list[list[object]]:
                 [{"id": i, "amount": i, "user_id": 1 + i % 100} for i in range(300)]
             )
             session.commit()
-        rows = []
+        rows: list[list[object]] = []
         for page in (20, 100):
             with Session(engine) as session, ormtune.capture() as log:
                 items, total = Repository(session, User, load=[User.payments]).list_and_count(
