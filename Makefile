@@ -52,6 +52,7 @@ bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/capture_overhead.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/autoload.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/cohort_cost.py
+	$(BENCH_VENV)/bin/python bench/audit_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .venv-sqlalchemy-* .venv-bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,6 +4,7 @@ with ``include_deleted()``. SQLite, PostgreSQL and MariaDB; sync and asyncio dri
 from __future__ import annotations
 
 import datetime
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -321,3 +322,13 @@ async def test_autoload_batches_with_the_filter_and_the_opt_out(db: Harness) -> 
     with ormtune.autoload(), assert_num_queries(3):
         everything = await db.run(lambda s: walk(s, include_deleted()))
     assert everything == {1: [10, 11], 2: [20], 3: [30, 31], 4: [40, 41], 5: [50, 51]}
+
+
+async def test_objects_loaded_under_the_filter_still_pickle(db: Harness) -> None:
+    def check(session: Session) -> None:
+        alice = session.scalars(select(User).where(User.id == 1)).one()
+        bob = session.get(User, 2, options=[include_deleted()])
+        copies = pickle.loads(pickle.dumps([alice, bob]))
+        assert [(u.id, u.is_deleted) for u in copies] == [(1, False), (2, True)]
+
+    await db.run(check)

@@ -127,14 +127,18 @@ _LISTENERS = (
 )
 
 
+def _live(cls: type[SoftDeleteMixin]) -> Any:
+    """The criteria: a module-level function, not a lambda, so that objects loaded under it
+    (which keep it among their load options) can still be pickled."""
+    return cls.deleted_at.is_(None)
+
+
 def _install() -> None:
     global _CRITERIA
     if _CRITERIA is None:
         # Propagated to loaders: joined eager loads only apply criteria that propagate, and
         # lazy loads then carry it (ormtune.autoload() batches them with it).
-        _CRITERIA = with_loader_criteria(
-            SoftDeleteMixin, lambda cls: cls.deleted_at.is_(None), include_aliases=True
-        )
+        _CRITERIA = with_loader_criteria(SoftDeleteMixin, _live, include_aliases=True)
     for name, listener in _LISTENERS:
         if not event.contains(Session, name, listener):
             event.listen(Session, name, listener)
