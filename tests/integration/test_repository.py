@@ -357,3 +357,21 @@ async def test_accounts_without_soft_delete_are_deleted_for_real(integrity_db: H
     with pytest.raises(ForeignKeyError):
         await integrity_db.repo(User).hard_delete(owner.id)  # its jobs... none; accounts none
         await integrity_db.repo(Account).create(iban="X3", user_id=owner.id)
+
+
+async def test_instances_taken_out_by_a_soft_delete_can_be_restored_or_hard_deleted(
+    integrity_db: Harness,
+) -> None:
+    await integrity_db.run(lambda s: seed(s, 1))
+    await integrity_db.fresh()
+    repo = integrity_db.repo(Payment, load=())
+    payment = await repo.get(100)
+    await repo.delete(payment)
+    assert await integrity_db.run(lambda s: payment not in s)  # detached by the flush
+    assert payment.amount == 7  # loaded attributes stay readable
+    restored = await repo.restore(payment)  # loaded again, by its key
+    assert restored is not payment
+    assert restored.deleted_at is None
+    await repo.delete(restored)
+    await repo.hard_delete(restored)
+    assert await repo.count(include_deleted=True) == 1

@@ -452,8 +452,6 @@ class Repository(Generic[M]):
     def hard_delete(self, key_or_instance: object) -> None:
         """Delete one row for real (soft-deleted or not)."""
         instance = self._resolve(key_or_instance, deleted=True)
-        if inspect(instance).detached:
-            instance = self.session.merge(instance)
         self.session.delete(instance)
         with translating(self.metadata):
             self.session.flush()
