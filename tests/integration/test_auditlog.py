@@ -266,3 +266,20 @@ async def test_audit_columns_come_from_the_context(db: Harness) -> None:
     again = await db.repo(User).get(1)
     assert (again.created_by, again.updated_by, again.name) == ("creator", "editor", "bulk")
     assert again.updated_at.replace(tzinfo=None) >= created_at.replace(tzinfo=None)
+
+
+@pytest.mark.usefixtures("audit")
+async def test_a_rolled_back_savepoint_drops_only_its_entries(db: Harness) -> None:
+    def work(session: Session) -> None:
+        session.add(User(id=1, email="a@example.com", name="kept"))
+        session.flush()
+        savepoint = session.begin_nested()
+        session.add(User(id=2, email="b@example.com", name="dropped"))
+        session.flush()
+        savepoint.rollback()
+        with session.begin_nested():
+            session.add(User(id=3, email="c@example.com", name="released"))
+        session.commit()
+
+    await db.run(work)
+    assert [(k, a) for _, k, a, _ in await entries(db)] == [("1", "insert"), ("3", "insert")]

@@ -23,6 +23,7 @@ import datetime
 import decimal
 import enum
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -163,7 +164,6 @@ class _Recorder:
         self.masked = set(mask_columns)
         self.mask = mask
         self._columns: dict[Mapper[Any], _Columns | None] = {}
-        self._pending_key = f"ormtune_audit_pending_{id(self)}"
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -232,33 +232,11 @@ class _Recorder:
 
     def write(self, session: Session, entries: Sequence[dict[str, Any]]) -> None:
         """Queue ``entries`` on the session, tagged with the (nested) transaction they
-        belong to."""
+        belong to; :func:`_write_pending` writes them when it commits."""
         if entries:
             transaction = session.get_nested_transaction() or session.get_transaction()
-            pending = session.info.setdefault(self._pending_key, [])
-            pending.extend((transaction, entry) for entry in entries)
-
-    def before_commit(self, session: Session) -> None:
-        """Write the queued entries in the transaction that is committing."""
-        if not session.info.get(self._pending_key) and not (
-            session.new or session.dirty or session.deleted
-        ):
-            return
-        session.flush()  # the commit's own flush comes after this event: make it now
-        pending = session.info.pop(self._pending_key, [])
-        if pending:
-            connection = session.connection(bind_arguments={"mapper": self.log_mapper})
-            connection.execute(insert(self.log_table), [entry for _, entry in pending])
-
-    def after_soft_rollback(self, session: Session, previous: SessionTransaction) -> None:
-        """Drop the entries of a transaction (or savepoint) that rolled back."""
-        pending = session.info.get(self._pending_key)
-        if pending:
-            session.info[self._pending_key] = [
-                (transaction, entry)
-                for transaction, entry in pending
-                if not _within(transaction, previous)
-            ]
+            pending = session.info.setdefault(_PENDING, [])
+            pending.extend((transaction, self.log_mapper, entry) for entry in entries)
 
     # -- the unit of work --------------------------------------------------------------------
 
@@ -303,6 +281,40 @@ class _Recorder:
             return None
         bulk = _BulkStatement(self, state, mapper, cols)
         return bulk.insert() if state.is_insert else bulk.update_or_delete()
+
+
+_PENDING = "ormtune_audit_pending"
+_recording = 0  # open registrations; the shared writer flushes early only while there are any
+_recording_lock = threading.Lock()
+
+
+def _write_pending(session: Session) -> None:
+    """``before_commit``: write the queued entries in the transaction that is committing.
+
+    Shared by every registration (and left installed when they close), so entries queued
+    before a registration closed are still written when their transaction commits.
+    """
+    if not session.info.get(_PENDING) and not (
+        _recording and (session.new or session.dirty or session.deleted)
+    ):
+        return
+    session.flush()  # the commit's own flush comes after this event: make it now
+    pending = session.info.pop(_PENDING, [])
+    by_log: dict[Mapper[Any], list[dict[str, Any]]] = {}
+    for _, log_mapper, entry in pending:
+        by_log.setdefault(log_mapper, []).append(entry)
+    for log_mapper, entries in by_log.items():
+        connection = session.connection(bind_arguments={"mapper": log_mapper})
+        table: Any = log_mapper.local_table
+        connection.execute(insert(table), entries)
+
+
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    """``after_soft_rollback``: drop the entries of a transaction (or savepoint) that rolled
+    back."""
+    pending = session.info.get(_PENDING)
+    if pending:
+        session.info[_PENDING] = [item for item in pending if not _within(item[0], previous)]
 
 
 def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -505,17 +517,27 @@ def record_audit_log(
         mask_columns=mask_columns,
         mask=mask,
     )
+    global _recording
+    for name, writer in (
+        ("before_commit", _write_pending),
+        ("after_soft_rollback", _drop_rolled_back),
+    ):
+        if not event.contains(target, name, writer):
+            event.listen(target, name, writer)
     listeners: list[tuple[str, Callable[..., Any]]] = [
         ("after_flush", recorder.after_flush),
         ("do_orm_execute", recorder.on_execute),
-        ("before_commit", recorder.before_commit),
-        ("after_soft_rollback", recorder.after_soft_rollback),
     ]
     for name, listener in listeners:
         event.listen(target, name, listener)
+    with _recording_lock:
+        _recording += 1
 
     def remove() -> None:
+        global _recording
         for name, listener in listeners:
             event.remove(target, name, listener)
+        with _recording_lock:
+            _recording -= 1
 
     return Registration(remove)
