@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, Index, String, event, inspect, text
+import sqlalchemy
+from sqlalchemy import DateTime, Exists, Index, String, event, inspect, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import (
     Mapped,
@@ -34,6 +35,8 @@ from sqlalchemy.orm import (
     mapped_column,
     with_loader_criteria,
 )
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.selectable import Alias, TableClause
 
 from ormtune.integrity._context import current_actor
 
@@ -95,7 +98,52 @@ def _filter_deleted(state: ORMExecuteState) -> None:
         option is criteria for option in getattr(statement, "_with_options", ())
     ):
         return
+    if _EXISTS_NEEDS_CRITERIA and state.is_select:
+        statement = _filter_exists(statement)
     state.statement = statement.options(criteria)
+
+
+# SQLAlchemy 2.0 compiles the EXISTS of has() / any() outside the ORM, so loader criteria
+# never reach it (2.1 fixed that); on 2.0 the WHERE clause's EXISTS get the condition here.
+_EXISTS_NEEDS_CRITERIA = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
+
+
+def _soft_deletable_tables() -> set[tuple[str | None, str]]:
+    tables = set()
+    pending: list[type] = [SoftDeleteMixin]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        table = getattr(cls, "__table__", None)
+        if isinstance(table, TableClause):
+            tables.add((table.schema, table.name))
+    return tables
+
+
+def _live_condition(element: object, tables: set[tuple[str | None, str]]) -> Any:
+    target = element.element if isinstance(element, Alias) else element
+    if isinstance(target, TableClause) and (target.schema, target.name) in tables:
+        return element.c.deleted_at.is_(None)  # type: ignore[attr-defined]
+    return None
+
+
+def _filter_exists(statement: Any) -> Any:
+    where = getattr(statement, "whereclause", None)
+    if where is None or not any(isinstance(e, Exists) for e in visitors.iterate(where)):
+        return statement
+    tables = _soft_deletable_tables()
+
+    def replace(element: Any, **kw: Any) -> Any:
+        if not isinstance(element, Exists):
+            return None
+        conditions = [
+            condition
+            for child in visitors.iterate(element)
+            if (condition := _live_condition(child, tables)) is not None
+        ]
+        return element.where(*conditions) if conditions else None
+
+    return visitors.replacement_traverse(statement, {}, replace)
 
 
 def _note_soft_deletes(session: Session, flush_context: UOWTransaction) -> None:
