@@ -441,7 +441,8 @@ class _BulkStatement:
                 instance = next((v for v in row if isinstance(v, self.mapper.class_)), None)
                 if instance is None:
                     break
-                values = {a: inspect(instance).dict.get(a) for a in self.value_keys}
+                loaded = inspect(instance).dict
+                values = {a: loaded.get(a) for a in self.value_keys}
                 after[tuple(values[k] for k in key_names or self.cols.pk_keys)] = values
             result = frozen()
         if not after and keys:
