@@ -55,6 +55,7 @@ bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/cache_hit.py
 	$(BENCH_VENV)/bin/python bench/cache_hitrate.py
 	$(BENCH_VENV)/bin/python bench/instrumentation_overhead.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/audit_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .venv-sqlalchemy-* .venv-bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

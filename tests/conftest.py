@@ -16,8 +16,11 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
 
+from tests.integrity_harness import Harness, sqlite_foreign_keys
+from tests.integrity_models import Base as IntegrityBase
 from tests.models import Base
 
 if TYPE_CHECKING:
@@ -163,3 +166,31 @@ async def async_engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.drop_all)
     await engine.dispose()
+
+
+@pytest_asyncio.fixture(params=["sync", "async"])
+async def integrity_db(backend: Backend, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The marketplace schema of tests/integrity_models.py on ``backend``, fresh per test, and
+    a session on it: a sync ``Session`` or an ``AsyncSession`` on the async driver."""
+    if request.param == "sync":
+        engine = create_engine(backend.sync_url)
+        if backend.name == "sqlite":
+            sqlite_foreign_keys(engine)
+        IntegrityBase.metadata.drop_all(engine)
+        IntegrityBase.metadata.create_all(engine)
+        with Session(engine) as session:
+            yield Harness("sync", backend.name, session=session, engine=engine)
+        IntegrityBase.metadata.drop_all(engine)
+        engine.dispose()
+        return
+    async_engine = create_async_engine(backend.async_url)
+    if backend.name == "sqlite":
+        sqlite_foreign_keys(async_engine.sync_engine)
+    async with async_engine.begin() as conn:
+        await conn.run_sync(IntegrityBase.metadata.drop_all)
+        await conn.run_sync(IntegrityBase.metadata.create_all)
+    async with AsyncSession(async_engine) as async_session:
+        yield Harness("async", backend.name, async_session=async_session, engine=async_engine)
+    async with async_engine.begin() as conn:
+        await conn.run_sync(IntegrityBase.metadata.drop_all)
+    await async_engine.dispose()

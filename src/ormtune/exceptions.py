@@ -8,8 +8,19 @@
     │                                 an optional dependency is not installed; names the extra
     ├── NPlusOneError(AssertionError) N+1 or repeated queries found by ormtune.nplusone in
     │                                 "raise" mode; names the loop's line and the fix
-    └── QueryCountError(AssertionError)
-                                      a query budget was exceeded (or, when exact, missed)
+    ├── QueryCountError(AssertionError)
+    │                                 a query budget was exceeded (or, when exact, missed)
+    └── RepositoryError               a repository or service operation failed (ormtune.repository)
+        ├── ConstraintError           the database refused a write: an integrity constraint
+        │   ├── DuplicateKeyError     a unique constraint; names the constraint and its columns
+        │   └── ForeignKeyError       a foreign key; names the constraint and its columns
+        ├── InvalidCursorError(ValueError)
+        │                             a keyset pagination cursor that is corrupt or was made
+        │                             for another ordering
+        ├── NotFoundError(LookupError) no row (or no live row) with the given key
+        └── UnknownFieldError(ValueError)
+                                      a filter, ordering or value names a field the model does
+                                      not have; names the valid fields
 
     UserWarning
     └── NPlusOneWarning               the same findings in "warn" mode, one warning each,
@@ -30,11 +41,18 @@ if TYPE_CHECKING:
 __all__ = [
     "CacheBackendError",
     "ConfigurationError",
+    "ConstraintError",
+    "DuplicateKeyError",
+    "ForeignKeyError",
+    "InvalidCursorError",
     "MissingDependencyError",
     "NPlusOneError",
     "NPlusOneWarning",
+    "NotFoundError",
     "OrmtuneError",
     "QueryCountError",
+    "RepositoryError",
+    "UnknownFieldError",
 ]
 
 
@@ -99,3 +117,65 @@ class QueryCountError(OrmtuneError, AssertionError):
         self.expected = expected
         self.actual = actual
         self.log = log
+
+
+class RepositoryError(OrmtuneError):
+    """A repository or service operation failed; the subclasses say how."""
+
+
+class ConstraintError(RepositoryError):
+    """The database refused a write because it breaks an integrity constraint.
+
+    ``constraint`` is the constraint's name when the database reported it (or it could be found
+    in the model's metadata), ``columns`` the columns it covers, ``table`` the table. The
+    driver's error is the ``__cause__``. As with any failed flush, the session's transaction
+    must be rolled back before the session is used again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        constraint: str | None = None,
+        columns: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.constraint = constraint
+        self.columns = tuple(columns)
+
+
+class DuplicateKeyError(ConstraintError):
+    """A unique constraint (or unique index, or primary key) was violated."""
+
+
+class ForeignKeyError(ConstraintError):
+    """A foreign key was violated: a reference to a missing row, or a delete of a referenced
+    row."""
+
+
+class InvalidCursorError(RepositoryError, ValueError):
+    """A keyset pagination cursor could not be decoded, or was made for another ordering."""
+
+
+class NotFoundError(RepositoryError, LookupError):
+    """No row with the given key exists (or it is soft-deleted and deleted rows were not
+    asked for). ``model`` and ``key`` say which."""
+
+    def __init__(self, message: str, *, model: type[object], key: object) -> None:
+        super().__init__(message)
+        self.model = model
+        self.key = key
+
+
+class UnknownFieldError(RepositoryError, ValueError):
+    """A filter, ordering or value names a field the model does not have.
+
+    ``field`` is the name given, ``valid`` the model's fields it could have been.
+    """
+
+    def __init__(self, message: str, *, field: str, valid: Sequence[str]) -> None:
+        super().__init__(message)
+        self.field = field
+        self.valid = tuple(valid)

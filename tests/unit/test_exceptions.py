@@ -7,9 +7,16 @@ import pytest
 from ormtune import exceptions
 from ormtune.exceptions import (
     ConfigurationError,
+    ConstraintError,
+    DuplicateKeyError,
+    ForeignKeyError,
+    InvalidCursorError,
     MissingDependencyError,
+    NotFoundError,
     OrmtuneError,
     QueryCountError,
+    RepositoryError,
+    UnknownFieldError,
 )
 
 
@@ -19,6 +26,12 @@ from ormtune.exceptions import (
         (ConfigurationError, ValueError),
         (MissingDependencyError, ImportError),
         (QueryCountError, AssertionError),
+        (NotFoundError, LookupError),
+        (UnknownFieldError, ValueError),
+        (InvalidCursorError, ValueError),
+        (DuplicateKeyError, ConstraintError),
+        (ForeignKeyError, ConstraintError),
+        (ConstraintError, RepositoryError),
     ],
 )
 def test_every_error_is_an_ormtune_error_and_the_matching_builtin(

@@ -18,6 +18,8 @@ PACKAGES = [
     "ormtune.backends",
     "ormtune.instrumentation",
     "ormtune.testing",
+    "ormtune.repository",
+    "ormtune.integrity",
 ]
 
 

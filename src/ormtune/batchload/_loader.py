@@ -23,6 +23,7 @@ from ormtune.batchload._options import (
     AutoloadOption,
     BatchMarker,
     Settings,
+    carried,
 )
 from ormtune.querylog import AutoloadBatch, emit, signals_wanted
 
@@ -119,7 +120,9 @@ def _reselect(
         keys = [mapper.get_property_by_column(column).class_attribute for column in pk_columns]
         loads.append(load_only(*keys))
     options: list[Any] = [*loads, BatchMarker(loads, settings)]
-    options += (opt for opt in lazy.state.load_options if isinstance(opt, AutoloadOption))
+    options += (
+        opt for opt in lazy.state.load_options if isinstance(opt, AutoloadOption) or carried(opt)
+    )
     for chunk in _chunks(identities, per_select):
         if len(pk_columns) == 1:
             criterion = pk_columns[0].in_([identity[0] for identity in chunk])

@@ -6,11 +6,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import UserDefinedOption
+from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql.cache_key import HasCacheKey
 
 from ormtune.exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "AutoloadOption", "BatchMarker", "Settings", "check_chunk_size"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "AutoloadOption",
+    "BatchMarker",
+    "Settings",
+    "carried",
+    "check_chunk_size",
+]
 
 DEFAULT_CHUNK_SIZE = 500
 
@@ -95,6 +103,16 @@ def _unpickled_marker(settings: Settings) -> BatchMarker:
     return BatchMarker([], settings)
 
 
+def carried(option: object) -> bool:
+    """Whether a propagated option filters or annotates loads without shaping them (criteria
+    such as ormtune.integrity's soft-delete filter, user-defined options such as
+    ``include_deleted()``): such options do not stop batching, and every batch carries them,
+    as the lazy load it replaces would have."""
+    if isinstance(option, AutoloadOption | BatchMarker):
+        return False
+    return isinstance(option, LoaderCriteriaOption | UserDefinedOption)
+
+
 def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | None]:
     """Read an object's load options: (may it be batched at all, the settings of an
     ``autoload_option()`` among them, if any).
@@ -112,7 +130,7 @@ def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | N
         elif isinstance(opt, BatchMarker):
             ours += opt.load_keys
     for opt in load_options:
-        if isinstance(opt, AutoloadOption | BatchMarker):
+        if isinstance(opt, AutoloadOption | BatchMarker) or carried(opt):
             continue
         if not ours or not isinstance(opt, HasCacheKey) or opt._generate_cache_key() not in ours:
             return False, None

@@ -1,0 +1,288 @@
+"""Soft delete: rows marked ``deleted_at`` disappear from every ORM read, with one opt-out.
+
+How it works: a ``do_orm_execute`` listener on :class:`~sqlalchemy.orm.Session` adds one
+:func:`~sqlalchemy.orm.with_loader_criteria` option (``deleted_at IS NULL`` for every class
+that uses :class:`SoftDeleteMixin`) to each ORM SELECT, UPDATE and DELETE. That is
+SQLAlchemy's own documented recipe; the option reaches joins, ``has()``/``any()``, subqueries,
+UNION members and CTEs, and (being propagated to loaders) lazy, selectin, joined and subquery
+loads of relationships, many-to-many included. :func:`include_deleted` is the opt-out: an
+option that travels the same way, so relationships loaded from an opted-out statement are
+opted out too. Refreshes of expired instances, which SQLAlchemy keeps out of loader criteria,
+get the same condition as a WHERE clause, so a row soft-deleted since it was loaded reads as
+gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would.
+
+``session.get()`` answers from the identity map without SQL and without any event, so a
+soft-deleted instance must not stay there: the flush that soft-deletes an instance (whichever
+way ``deleted_at`` was set) takes it out of the session, as SQLAlchemy does for a flushed
+``session.delete()``. See the README's table of exactly what ``session.get`` returns.
+
+The listeners are installed when the first class using the mixin is defined.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy
+from sqlalchemy import DateTime, Exists, Index, String, event, inspect, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import (
+    Mapped,
+    ORMExecuteState,
+    Session,
+    UserDefinedOption,
+    mapped_column,
+    with_loader_criteria,
+)
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.selectable import Alias, TableClause
+
+from ormtune.integrity._context import current_actor
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import UOWTransaction
+    from sqlalchemy.orm.util import LoaderCriteriaOption
+
+__all__ = [
+    "TIMESTAMP",
+    "IncludeDeleted",
+    "SoftDeleteByMixin",
+    "SoftDeleteMixin",
+    "include_deleted",
+    "is_deleted",
+    "is_soft_deletable",
+    "restore",
+    "soft_delete",
+    "unique_among_live",
+    "utcnow",
+]
+
+_DETACH_KEY = "ormtune_soft_deleted"
+
+
+TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+"""The column type of every ormtune timestamp: timezone-aware where the database has that
+(PostgreSQL), microseconds everywhere (MariaDB's DATETIME drops them unless asked). MariaDB
+and SQLite return naive datetimes; ormtune always writes UTC."""
+
+
+def utcnow() -> datetime.datetime:
+    """The current time in UTC, timezone-aware: what ormtune stamps rows with."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+_CRITERIA: LoaderCriteriaOption | None = None  # made once the mixin is first used
+
+
+def _filter_deleted(state: ORMExecuteState) -> None:
+    """Add the soft-delete criteria to an ORM SELECT / UPDATE / DELETE, unless opted out."""
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if any(isinstance(option, IncludeDeleted) for option in state.user_defined_options):
+        return
+    statement: Any = state.statement
+    if state.is_column_load:
+        # SQLAlchemy deliberately leaves refreshes (expired attributes, session.refresh, and
+        # session.get of an expired instance) out of with_loader_criteria; a row deleted
+        # since it was loaded must read as gone there too, as a hard-deleted one would.
+        for mapper in state.all_mappers:
+            if issubclass(mapper.class_, SoftDeleteMixin):
+                statement = statement.where(mapper.class_.deleted_at.is_(None))
+        state.statement = statement
+        return
+    # Relationship loads and refreshes carry the option propagated from the statement that
+    # loaded their parent; adding it twice would only repeat the criteria in the SQL.
+    criteria = _CRITERIA
+    if criteria is None or any(
+        option is criteria for option in getattr(statement, "_with_options", ())
+    ):
+        return
+    if _EXISTS_NEEDS_CRITERIA and state.is_select:
+        statement = _filter_exists(statement)
+    state.statement = statement.options(criteria)
+
+
+# SQLAlchemy 2.0 compiles the EXISTS of has() / any() outside the ORM, so loader criteria
+# never reach it (2.1 fixed that); on 2.0 the WHERE clause's EXISTS get the condition here.
+_EXISTS_NEEDS_CRITERIA = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
+
+
+def _soft_deletable_tables() -> set[tuple[str | None, str]]:
+    tables = set()
+    pending: list[type] = [SoftDeleteMixin]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        table = getattr(cls, "__table__", None)
+        if isinstance(table, TableClause):
+            tables.add((table.schema, table.name))
+    return tables
+
+
+def _live_condition(element: object, tables: set[tuple[str | None, str]]) -> Any:
+    target = element.element if isinstance(element, Alias) else element
+    if isinstance(target, TableClause) and (target.schema, target.name) in tables:
+        return element.c.deleted_at.is_(None)  # type: ignore[attr-defined]
+    return None
+
+
+def _filter_exists(statement: Any) -> Any:
+    where = getattr(statement, "whereclause", None)
+    if where is None or not any(isinstance(e, Exists) for e in visitors.iterate(where)):
+        return statement
+    tables = _soft_deletable_tables()
+
+    def replace(element: Any, **kw: Any) -> Any:
+        if not isinstance(element, Exists):
+            return None
+        conditions = [
+            condition
+            for child in visitors.iterate(element)
+            if (condition := _live_condition(child, tables)) is not None
+        ]
+        return element.where(*conditions) if conditions else None
+
+    return visitors.replacement_traverse(statement, {}, replace)
+
+
+def _note_soft_deletes(session: Session, flush_context: UOWTransaction) -> None:
+    """Before the flush's state is reset: which instances does this flush soft-delete?"""
+    deleted = []
+    for instance in session.dirty:
+        if not isinstance(instance, SoftDeleteMixin):
+            continue
+        history = inspect(instance).attrs.deleted_at.history
+        went_live_to_deleted = history.added and history.added[0] is not None
+        if went_live_to_deleted and (not history.deleted or history.deleted[0] is None):
+            deleted.append(instance)
+    if deleted:
+        session.info.setdefault(_DETACH_KEY, []).extend(deleted)
+
+
+def _detach_soft_deleted(session: Session, flush_context: UOWTransaction) -> None:
+    """After the flush: take soft-deleted instances out of the session, so that
+    ``session.get()`` cannot answer them from the identity map."""
+    for instance in session.info.pop(_DETACH_KEY, ()):
+        if instance in session:
+            session.expunge(instance)
+
+
+_LISTENERS = (
+    ("do_orm_execute", _filter_deleted),
+    ("after_flush", _note_soft_deletes),
+    ("after_flush_postexec", _detach_soft_deleted),
+)
+
+
+def _live(cls: type[SoftDeleteMixin]) -> Any:
+    """The criteria: a module-level function, not a lambda, so that objects loaded under it
+    (which keep it among their load options) can still be pickled."""
+    return cls.deleted_at.is_(None)
+
+
+def _install() -> None:
+    global _CRITERIA
+    if _CRITERIA is None:
+        # Propagated to loaders: joined eager loads only apply criteria that propagate, and
+        # lazy loads then carry it (ormtune.autoload() batches them with it).
+        _CRITERIA = with_loader_criteria(SoftDeleteMixin, _live, include_aliases=True)
+    for name, listener in _LISTENERS:
+        if not event.contains(Session, name, listener):
+            event.listen(Session, name, listener)
+
+
+class IncludeDeleted(UserDefinedOption):
+    """The option :func:`include_deleted` returns; it propagates to relationship loads.
+
+    It is part of the statement's cache key: SQLAlchemy hands loaded objects the options of
+    the cached statement matched *by position*, so statements with and without it must never
+    share a compiled form.
+    """
+
+    propagate_to_loaders = True
+    _is_has_cache_key = True
+
+    def _gen_cache_key(self, anon_map: object, bindparams: object) -> tuple[object, ...]:
+        return (type(self).__qualname__,)
+
+
+_INCLUDE_DELETED = IncludeDeleted()
+
+
+def include_deleted() -> IncludeDeleted:
+    """The opt-out: ``select(User).options(include_deleted())`` also returns soft-deleted rows.
+
+    It works wherever loader options do: ``select()``, ORM ``update()``/``delete()``,
+    ``session.get(Model, pk, options=[include_deleted()])``. Relationships later loaded from
+    the objects it loads (lazily or eagerly) include soft-deleted rows too, and so do
+    refreshes of those objects, because SQLAlchemy carries the option along with them.
+    """
+    return _INCLUDE_DELETED
+
+
+class SoftDeleteMixin:
+    """Adds ``deleted_at`` (timezone-aware, ``NULL`` while the row is live) to a model whose
+    rows are then hidden from every ORM read unless a statement uses :func:`include_deleted`.
+
+    ``repository.delete()`` and :func:`soft_delete` set it; :func:`restore` clears it. Use
+    :func:`unique_among_live` for unique keys that a deleted row must not block.
+    """
+
+    deleted_at: Mapped[datetime.datetime | None] = mapped_column(
+        TIMESTAMP, default=None, nullable=True
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _install()
+
+    @property
+    def is_deleted(self) -> bool:
+        """Whether this instance is soft-deleted (``deleted_at`` is set)."""
+        return self.deleted_at is not None
+
+
+class SoftDeleteByMixin(SoftDeleteMixin):
+    """:class:`SoftDeleteMixin` plus ``deleted_by``: the actor (see
+    :func:`~ormtune.integrity.audit_context`) who soft-deleted the row."""
+
+    deleted_by: Mapped[str | None] = mapped_column(String(255), default=None, nullable=True)
+
+
+def is_soft_deletable(model: type[object]) -> bool:
+    """Whether ``model`` uses :class:`SoftDeleteMixin`."""
+    return isinstance(model, type) and issubclass(model, SoftDeleteMixin)
+
+
+def is_deleted(instance: object) -> bool:
+    """Whether ``instance`` is a soft-deleted row (``False`` for models without the mixin)."""
+    return isinstance(instance, SoftDeleteMixin) and instance.deleted_at is not None
+
+
+def soft_delete(instance: SoftDeleteMixin, *, at: datetime.datetime | None = None) -> None:
+    """Mark ``instance`` deleted (``deleted_at``, and ``deleted_by`` from the current actor);
+    the next flush writes it and takes the instance out of its session."""
+    instance.deleted_at = at or utcnow()
+    if isinstance(instance, SoftDeleteByMixin):
+        instance.deleted_by = current_actor()
+
+
+def restore(instance: SoftDeleteMixin) -> None:
+    """Mark a soft-deleted ``instance`` live again (load it with :func:`include_deleted`)."""
+    instance.deleted_at = None
+    if isinstance(instance, SoftDeleteByMixin):
+        instance.deleted_by = None
+
+
+def unique_among_live(name: str, *columns: str, deleted_column: str = "deleted_at") -> Index:
+    """A unique index over ``columns`` that only live rows take part in, for ``__table_args__``.
+
+    On PostgreSQL and SQLite it is a partial index (``WHERE deleted_at IS NULL``), so a
+    soft-deleted row never blocks re-creating its key. MariaDB and MySQL have no partial
+    indexes: there the index is an ordinary unique index (deleted rows do block their keys);
+    the README shows the MariaDB equivalent (a generated column that is ``NULL`` for deleted
+    rows, with the unique index on it).
+    """
+    where = text(f"{deleted_column} IS NULL")
+    return Index(name, *columns, unique=True, postgresql_where=where, sqlite_where=where)
