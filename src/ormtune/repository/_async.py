@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from ormtune.caching import CacheOption
     from ormtune.repository._query import LoadSpec, OrderSpec, Page
 
 __all__ = ["AsyncRepository"]
@@ -44,6 +45,7 @@ class AsyncRepository(Generic[M]):
     load: ClassVar[Sequence[LoadSpec]] = ()
     order_by: ClassVar[Sequence[OrderSpec]] = ()
     chunk_size: ClassVar[int] = 1000
+    cache: ClassVar[CacheOption | None] = None
     sync_repository: ClassVar[type[Repository[Any]]] = Repository
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -59,6 +61,7 @@ class AsyncRepository(Generic[M]):
         model: type[M] | None = None,
         *,
         load: Sequence[LoadSpec] | None = None,
+        cache: CacheOption | None = None,
     ) -> None:
         cls = type(self)
         resolved = model or getattr(cls, "model", None)
@@ -69,7 +72,10 @@ class AsyncRepository(Generic[M]):
             )
         self.session = session
         self.sync: Repository[M] = cls.sync_repository(
-            session.sync_session, resolved, load=cls.load if load is None else load
+            session.sync_session,
+            resolved,
+            load=cls.load if load is None else load,
+            cache=cls.cache if cache is None else cache,
         )
         self.sync.default_order = cls.order_by or self.sync.default_order
         self.sync.chunk_size = cls.chunk_size  # type: ignore[misc]

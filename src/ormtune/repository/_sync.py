@@ -46,6 +46,8 @@ from ormtune.repository._upsert import upsert_statement
 if TYPE_CHECKING:
     from sqlalchemy.orm import Mapper, Session
 
+    from ormtune.caching import CacheOption
+
 __all__ = ["Repository"]
 
 M = TypeVar("M")
@@ -87,6 +89,7 @@ class Repository(Generic[M]):
     load: ClassVar[Sequence[LoadSpec]] = ()
     order_by: ClassVar[Sequence[OrderSpec]] = ()
     chunk_size: ClassVar[int] = 1000
+    cache: ClassVar[CacheOption | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,6 +104,7 @@ class Repository(Generic[M]):
         model: type[M] | None = None,
         *,
         load: Sequence[LoadSpec] | None = None,
+        cache: CacheOption | None = None,
     ) -> None:
         resolved = model or getattr(type(self), "model", None)
         if resolved is None:
@@ -112,6 +116,8 @@ class Repository(Generic[M]):
         self.model: type[M] = resolved  # type: ignore[misc]
         self.mapper: Mapper[M] = mapper_of(resolved)
         self.declared_load: Sequence[LoadSpec] = type(self).load if load is None else load
+        # Reads carry ormtune.cache() when asked for (cache = ormtune.cache(ttl=60)).
+        self.cache_option: CacheOption | None = type(self).cache if cache is None else cache
         self.soft_delete = is_soft_deletable(resolved)
         self.default_order: Sequence[OrderSpec] = type(self).order_by
         self.metadata = self.mapper.local_table.metadata  # type: ignore[attr-defined]
@@ -122,7 +128,13 @@ class Repository(Generic[M]):
         options: list[Any] = loader_options(self.declared_load if load is None else load)
         if deleted:
             options.append(include_deleted_option())
+        if self.cache_option is not None:
+            options.append(self.cache_option)
         return options
+
+    def _plain_options(self, deleted: bool) -> list[Any]:
+        """Options of reads that load no objects (count, exists)."""
+        return self._options((), deleted)
 
     def _where(
         self, where: Sequence[ColumnElement[bool]], filters: Mapping[str, object] | None
@@ -290,8 +302,7 @@ class Repository(Generic[M]):
     ) -> int:
         """How many rows match."""
         statement = select(func.count()).select_from(self.model).where(*self._where(where, filters))
-        if include_deleted:
-            statement = statement.options(include_deleted_option())
+        statement = statement.options(*self._plain_options(include_deleted))
         return int(self.session.scalar(statement) or 0)
 
     def list_and_count(
@@ -323,8 +334,7 @@ class Repository(Generic[M]):
     ) -> bool:
         """Whether any row matches (one query that stops at the first)."""
         statement = select(*self._pk_attrs()).where(*self._where(where, filters)).limit(1)
-        if include_deleted:
-            statement = statement.options(include_deleted_option())
+        statement = statement.options(*self._plain_options(include_deleted))
         return self.session.execute(statement).first() is not None
 
     # -- writes ------------------------------------------------------------------------------
