@@ -23,7 +23,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -44,6 +44,7 @@ from ormtune.caching._shape import (
     make_digest,
     nondeterministic_call,
     option_digest,
+    stable_text,
 )
 from ormtune.caching._stats import CacheStats, StatsRecorder
 from ormtune.caching._tokens import (
@@ -139,6 +140,7 @@ class QueryCache:
         self._pending_lock = threading.Lock()
         self._last_error_log = -float("inf")
         self._flights = SingleFlight()
+        self._warned_hooks = False
         self.single_flight_timeout = single_flight_timeout
 
     # -- installation -----------------------------------------------------------------------
@@ -155,8 +157,10 @@ class QueryCache:
             _active._uninstall_locked()
         self._tracker.install()
         for target, name, fn, kw in self._listeners():
-            if not event.contains(target, name, fn):
-                event.listen(target, name, fn, **kw)
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)  # installing again moves the hooks last
+            event.listen(target, name, fn, **kw)
+        self._warned_hooks = False
         _active = self
 
     def uninstall(self) -> None:
@@ -275,6 +279,11 @@ class QueryCache:
             return None
         name = option.name or _UNNAMED
         reason = _bypass_reason(state)
+        if reason is None and state._remaining_events():
+            # A do_orm_execute hook after this one may change the statement (criteria for a
+            # tenant, say); a hit would skip it. Install the cache after such hooks.
+            reason = "do_orm_execute hooks run after the cache"
+            self._warn_hooks_after()
         if reason is not None:
             self._stats.bypass(name, reason)
             return None
@@ -288,7 +297,7 @@ class QueryCache:
         if cache_key is None:
             self._stats.bypass(name, "statement has no cache key")
             return None
-        translate = state.execution_options.get("schema_translate_map")
+        translate = self._translate_map(state, session, bind, engine)
         bind_id = self._bind_identity(engine)
         memo_key = (bind_id, _hashable(translate), cache_key.key)
         shape = self._shapes.get(memo_key)
@@ -301,7 +310,7 @@ class QueryCache:
             # A real query autoflushes before it runs (after these hooks); a hit must too, so
             # pending changes are written, and then seen below as this session's writes.
             session._autoflush()
-        written = self._tracker.written_groups(session)
+        written = self._tracker.written_groups(session, bind)
         if written and not written.isdisjoint(shape.groups):
             self._stats.bypass(
                 name, "session wrote to " + ", ".join(sorted(written & shape.groups))
@@ -312,8 +321,11 @@ class QueryCache:
             return None
         tokens, values = self._tokens(shape, state, cache_key, option.name)
         key = self._key(bind_id, translate, shape, values)
+        if key is None:
+            self._stats.bypass(name, "parameters cannot be part of a key")
+            return None
         try:
-            repeatable = self._repeatable_snapshot(session, engine)
+            repeatable = self._repeatable_snapshot(session, bind, engine)
             if repeatable is not None and (
                 repeatable.version is None
                 or self.backend.versions([commit_counter()])[0] != repeatable.version
@@ -362,6 +374,9 @@ class QueryCache:
             except CacheBackendError as exc:
                 self._failed(name, exc)
             return None
+        outer = recorded_statements.get()
+        if outer is not None:  # an enclosing @cached function depends on these tables too
+            outer.extend(shape.statements)
         if states and tracking_cohorts():
             cohort = Cohort()
             for instance_state in states:
@@ -433,8 +448,9 @@ class QueryCache:
         fine_group: str | None = None
         fine: tuple[FineFilter, ...] = ()
         if self.fine_dependencies and main_sql:
-            fine_group, fine = fine_filters(statement, cache_key, main_sql)
+            fine_group, fine = fine_filters(statement, cache_key, main_sql, recorded[1:])
         parts = [
+            stable_text(cache_key.key),
             main_sql,
             *sorted({fingerprint(sql) for sql in recorded[1:]}),
             *option_digest(tuple(statement._with_options)),
@@ -448,6 +464,7 @@ class QueryCache:
             frozen=frozen,
             entity_positions=positions,
             uncacheable=uncacheable,
+            statements=tuple(recorded),
         )
         for description in statement.column_descriptions:
             entity = description.get("entity")
@@ -472,13 +489,40 @@ class QueryCache:
     # -- keys and tokens --------------------------------------------------------------------
 
     def _bind_identity(self, engine: Engine) -> str:
+        """Names the database, the same in every process that reaches it; an in-memory
+        SQLite database exists in one engine only, so it is named by that engine."""
         found = self._binds.get(engine)
         if found is None:
             url = engine.url
+            database = url.database or ""
+            if url.get_backend_name() == "sqlite" and database in ("", ":memory:"):
+                database = f":memory:{id(engine)}"
             found = self._binds[engine] = (
-                f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+                f"{url.get_backend_name()}://{url.username or ''}@{url.host or ''}:"
+                f"{url.port or ''}/{database}"
             )
         return found
+
+    def _translate_map(
+        self, state: ORMExecuteState, session: Session, bind: Any, engine: Engine
+    ) -> Any:
+        """The schema translate map the statement will run with: the statement's, else the
+        session connection's, else the bind's (an engine made with execution_options())."""
+        found = state.execution_options.get("schema_translate_map")
+        if found is None:
+            conn = self._tracker.connection_for(session, engine)
+            source = conn if conn is not None else bind
+            found = source.get_execution_options().get("schema_translate_map")
+        return found
+
+    def _warn_hooks_after(self) -> None:
+        if not self._warned_hooks:
+            self._warned_hooks = True
+            logger.warning(
+                "ormtune cache: another do_orm_execute hook was registered after the cache, "
+                "so cached statements run uncached; call QueryCache.install() after "
+                "registering such hooks (soft delete, tenancy filters) to put it last"
+            )
 
     def _tokens(
         self,
@@ -488,7 +532,9 @@ class QueryCache:
         name: str | None,
     ) -> tuple[list[Token], list[Any]]:
         parameters: Any = state.parameters or {}
-        mapping = parameters if isinstance(parameters, dict) else {}
+        mapping = dict(getattr(cache_key, "params", None) or {})  # Executable.params()
+        if isinstance(parameters, dict):
+            mapping.update(parameters)
         values = [mapping.get(bind.key, bind.effective_value) for bind in cache_key.bindparams]
         tokens: list[Token] = []
         fine_members: list[str] | None = None
@@ -514,27 +560,29 @@ class QueryCache:
         tokens.append(EVERYTHING)
         if name is not None:
             tokens.append(name_token(name))
-        if isinstance(parameters, dict):
-            bound = {b.key for b in cache_key.bindparams}
-            extra: list[Any] = [(k, v) for k, v in sorted(parameters.items()) if k not in bound]
-        else:
-            extra = [parameters]
+        bound = {b.key for b in cache_key.bindparams}
+        extra: list[Any] = [(k, v) for k, v in sorted(mapping.items()) if k not in bound]
+        if not isinstance(parameters, dict):
+            extra.append(parameters)
         return tokens, [values, extra]
 
-    def _key(self, bind_id: str, translate: Any, shape: Shape, values: list[Any]) -> str:
+    def _key(self, bind_id: str, translate: Any, shape: Shape, values: list[Any]) -> str | None:
+        """The entry's key, or ``None`` when a parameter value has no stable text form."""
         try:
             encoded = _codec.encode_key_part(values)
         except _codec.Unencodable:
-            encoded = repr(values)
+            return None
         material = "\x1f".join(
             (self.namespace, bind_id, repr(_hashable(translate)), shape.digest, encoded)
         )
         return "q:" + hashlib.sha256(material.encode()).hexdigest()
 
-    def _repeatable_snapshot(self, session: Session, engine: Engine) -> Snapshot | None:
+    def _repeatable_snapshot(self, session: Session, bind: Any, engine: Engine) -> Snapshot | None:
         """Under REPEATABLE READ/SERIALIZABLE: the commit counter when the session's
         transaction on ``engine`` began (its snapshot), else ``None``."""
         conn = self._tracker.connection_for(session, engine)
+        if conn is None and isinstance(bind, Connection) and bind.in_transaction():
+            conn = bind  # a session bound to a Connection joins its transaction (and snapshot)
         if conn is None:
             return None  # no transaction yet: the next statement sees the latest commits
         if isolation_of(conn) not in _REPEATABLE:
@@ -587,6 +635,7 @@ def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenRe
     loaded, eager loads run) while freezing, so inside the recording window."""
     recorded: list[str] = []
     fresh: set[int] = set()
+    outer = recorded_statements.get()
     recording_token = recorded_statements.set(recorded)
     fresh_token = fresh_states.set(fresh)
     try:
@@ -594,6 +643,8 @@ def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenRe
     finally:
         fresh_states.reset(fresh_token)
         recorded_statements.reset(recording_token)
+        if outer is not None:  # an enclosing @cached function learns these tables too
+            outer.extend(recorded)
 
 
 def _groups_of(recorded: list[str], state: ORMExecuteState) -> set[str]:

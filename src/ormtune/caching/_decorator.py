@@ -47,6 +47,44 @@ def _not_keyed(value: object) -> bool:
     return type(value).__name__ in {"AsyncSession", "AsyncConnection", "AsyncEngine"}
 
 
+def _sync_session(value: object) -> Session | None:
+    if isinstance(value, Session):
+        return value
+    sync = getattr(value, "sync_session", None)  # AsyncSession
+    return sync if isinstance(sync, Session) else None
+
+
+def _sessions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Session]:
+    found = [_sync_session(value) for value in (*args, *kwargs.values())]
+    return [session for session in found if session is not None]
+
+
+def _bind_of(cache: QueryCache, value: object) -> str:
+    session = _sync_session(value)
+    target: Any = session.bind if session is not None else value
+    target = getattr(target, "sync_engine", target)  # AsyncEngine
+    target = getattr(target, "engine", target)  # Connection -> Engine
+    if isinstance(target, Engine):
+        return cache._bind_identity(target)
+    return type(value).__qualname__  # a session with several binds: named by its queries
+
+
+def _unsafe(cache: QueryCache, sessions: list[Session]) -> str | None:
+    """Why the cache must stay out of a call with these sessions, if it must.
+
+    A session that wrote reads its own uncommitted rows; a session inside a REPEATABLE READ
+    transaction reads an older snapshot than the cache holds.
+    """
+    for session in sessions:
+        written = cache._tracker.written_groups(session)
+        if written:
+            return "session wrote to " + ", ".join(sorted(written))
+        for snapshot in cache._tracker.repeatable_snapshots(session):
+            if snapshot.version is None or snapshot.version != cache._commit_version():
+                return "transaction snapshot is older than the last commit"
+    return None
+
+
 def _groups(depends_on: Iterable[object]) -> frozenset[str]:
     groups: set[str] = set()
     for target in depends_on:
@@ -84,7 +122,10 @@ class _Cached:
     def key(self, cache: QueryCache, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        parts = {k: v for k, v in bound.arguments.items() if not _not_keyed(v)}
+        parts: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            # A session or engine says which database to read: its identity, not the object.
+            parts[name] = _bind_of(cache, value) if _not_keyed(value) else value
         try:
             encoded = _codec.encode_key_part(parts)
         except _codec.Unencodable:
@@ -134,6 +175,11 @@ def cached(
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 cache = default_cache()
+                sessions = _sessions(args, kwargs)
+                unsafe = await greenlet_spawn(_unsafe, cache, sessions) if sessions else None
+                if unsafe is not None:
+                    cache._stats.bypass(state.name, unsafe)
+                    return await fn(*args, **kwargs)
                 key = state.key(cache, args, kwargs)
                 if key is None or state.groups is None:
                     return await _run_async(state, cache, key, None, None, args, kwargs)
@@ -164,6 +210,11 @@ def cached(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             cache = default_cache()
+            sessions = _sessions(args, kwargs)
+            unsafe = _unsafe(cache, sessions)
+            if unsafe is not None:
+                cache._stats.bypass(state.name, unsafe)
+                return fn(*args, **kwargs)
             key = state.key(cache, args, kwargs)
             if key is None or state.groups is None:
                 return _run(state, cache, key, None, None, args, kwargs)
@@ -204,6 +255,7 @@ def _decode(cache: QueryCache, state: _Cached, data: bytes) -> Any:
 
 def _store(
     cache: QueryCache,
+    sessions: list[Session],
     state: _Cached,
     key: str | None,
     tokens: list[Token] | None,
@@ -213,6 +265,9 @@ def _store(
 ) -> Callable[[], None] | None:
     """What to do after the call (a store), or ``None``; counts the outcome."""
     known = state.learn(recorded)
+    if sessions and _unsafe(cache, sessions) is not None:
+        cache._stats.bypass(state.name, "session wrote during the call")
+        return None
     if key is None:
         cache._stats.bypass(state.name, "arguments cannot be part of a key")
         return None
@@ -256,12 +311,15 @@ def _run(
     kwargs: dict[str, Any],
 ) -> Any:
     recorded: list[str] = []
+    outer = recorded_statements.get()
     token = recorded_statements.set(recorded)
     try:
         result = state.fn(*args, **kwargs)
     finally:
         recorded_statements.reset(token)
-    store = _store(cache, state, key, tokens, lookup, recorded, result)
+        if outer is not None:
+            outer.extend(recorded)
+    store = _store(cache, _sessions(args, kwargs), state, key, tokens, lookup, recorded, result)
     if store is not None:
         store()
     return result
@@ -277,12 +335,15 @@ async def _run_async(
     kwargs: dict[str, Any],
 ) -> Any:
     recorded: list[str] = []
+    outer = recorded_statements.get()
     token = recorded_statements.set(recorded)
     try:
         result = await cast("Callable[..., Awaitable[Any]]", state.fn)(*args, **kwargs)
     finally:
         recorded_statements.reset(token)
-    store = _store(cache, state, key, tokens, lookup, recorded, result)
+        if outer is not None:
+            outer.extend(recorded)
+    store = _store(cache, _sessions(args, kwargs), state, key, tokens, lookup, recorded, result)
     if store is not None:
         await greenlet_spawn(store)
     return result

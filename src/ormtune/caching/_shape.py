@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,20 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 from ormtune.caching._tokens import table_group, tracked_columns
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import FrozenResult
     from sqlalchemy.orm import Mapper
     from sqlalchemy.sql.cache_key import CacheKey
 
-__all__ = ["FineFilter", "Shape", "fine_filters", "nondeterministic_call", "option_digest"]
+__all__ = [
+    "FineFilter",
+    "Shape",
+    "fine_filters",
+    "nondeterministic_call",
+    "option_digest",
+    "stable_text",
+]
 
 _NONDETERMINISTIC = re.compile(
     r"\b(now|random|rand|uuid|gen_random_uuid|uuid_generate_v[14]|clock_timestamp|"
@@ -65,6 +75,7 @@ class Shape:
     entity_positions: tuple[int, ...]
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
     uncacheable: str | None = None
+    statements: tuple[str, ...] = ()
 
 
 def option_digest(options: tuple[Any, ...]) -> list[str]:
@@ -88,7 +99,7 @@ def make_digest(parts: list[str]) -> str:
 
 
 def fine_filters(
-    statement: Any, cache_key: CacheKey, main_sql: str
+    statement: Any, cache_key: CacheKey, main_sql: str, other_sql: Sequence[str] = ()
 ) -> tuple[str | None, tuple[FineFilter, ...]]:
     """Equality/IN filters of the statement's WHERE clause usable as fine dependencies.
 
@@ -114,6 +125,9 @@ def fine_filters(
         re.IGNORECASE,
     ):
         return None, ()
+    named = re.compile(r"(?<![\w.])[\"`]?" + re.escape(table.name) + r"[\"`]?(?!\w)", re.IGNORECASE)
+    if any(named.search(sql) for sql in other_sql):
+        return None, ()  # eager loads read other rows of the same table (a tree's children)
     where = statement.whereclause
     if where is None:
         return None, ()
@@ -141,6 +155,39 @@ def fine_filters(
     # One filter is enough (rows matching all of them match each); prefer the primary key.
     found.sort(key=lambda f: 0 if table.c[f.column].primary_key else 1)
     return table_group(table.name), (found[0],)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_text(value: Any) -> str:
+    """A text form of a SQLAlchemy cache key that is the same in every process running the
+    same code: memory addresses are dropped, code objects named by file, line and bytecode.
+
+    Two statements that render the same SQL can still differ in values SQLAlchemy keeps in
+    the key's structure (a literal inside a ``with_loader_criteria`` lambda, say); keys of
+    cached entries include this text, so such statements never share an entry.
+    """
+    parts: list[str] = []
+    _stable(value, parts)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _stable(value: Any, parts: list[str]) -> None:
+    if isinstance(value, tuple | list):
+        parts.append("(")
+        for item in value:
+            _stable(item, parts)
+        parts.append(")")
+    elif isinstance(value, str | int | float | bool) or value is None:
+        parts.append(repr(value))
+    elif isinstance(value, type):
+        parts.append(f"{value.__module__}.{value.__qualname__}")
+    elif isinstance(value, types.CodeType):
+        digest = hashlib.sha256(value.co_code + repr(value.co_consts).encode()).hexdigest()
+        parts.append(f"code:{value.co_filename}:{value.co_firstlineno}:{digest[:16]}")
+    else:
+        parts.append(_ADDRESS.sub("", f"{type(value).__qualname__}:{value}"))
 
 
 def _conjuncts(clause: Any) -> list[Any]:

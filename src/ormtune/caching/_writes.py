@@ -23,11 +23,12 @@ cascade's targets are bumped with the table written.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.orm import Session, attributes
 from sqlalchemy.pool import Pool
 
@@ -45,7 +46,6 @@ from ormtune.querylog import StatementKind, analyze
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from sqlalchemy import Connection
     from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
     from sqlalchemy.orm import InstanceState, UOWTransaction
 
@@ -85,7 +85,7 @@ class Snapshot:
 class _Transaction:
     """Tokens one connection's transaction will bump, per savepoint level."""
 
-    __slots__ = ("flush_groups", "levels", "session", "snapshot", "written")
+    __slots__ = ("flush_groups", "fresh", "levels", "session", "snapshot", "written")
 
     def __init__(self) -> None:
         self.levels: list[tuple[str | None, set[Token]]] = [(None, set())]
@@ -93,6 +93,7 @@ class _Transaction:
         self.flush_groups: set[str] = set()
         self.session: weakref.ref[Session] | None = None
         self.snapshot: Snapshot | None = None
+        self.fresh = False  # begun, and no statement sent yet (its snapshot is not fixed)
 
     def add(self, tokens: Iterable[Token]) -> None:
         self.levels[-1][1].update(tokens)
@@ -134,7 +135,9 @@ class WriteTracker:
             (Engine, "after_cursor_execute", self._after_cursor_execute),
             (Engine, "begin", self._begin),
             (Engine, "commit", self._commit),
+            (Engine, "commit_twophase", self._commit_twophase),
             (Engine, "rollback", self._rollback),
+            (Engine, "rollback_twophase", self._rollback_twophase),
             (Engine, "savepoint", self._savepoint),
             (Engine, "rollback_savepoint", self._rollback_savepoint),
             (Engine, "release_savepoint", self._release_savepoint),
@@ -144,6 +147,7 @@ class WriteTracker:
             (Session, "after_flush", self._after_flush),
             (Session, "after_commit", self._session_commit),
             (Session, "after_rollback", self._session_rollback),
+            (Session, "after_transaction_end", self._session_transaction_end),
         ]
 
     # -- installation -----------------------------------------------------------------------
@@ -167,10 +171,13 @@ class WriteTracker:
 
     # -- what a session has written -----------------------------------------------------------
 
-    def written_groups(self, session: Session) -> set[str]:
+    def written_groups(self, session: Session, bind: object = None) -> set[str]:
         """Tables this session wrote in its current transaction (it must read them from the
-        database until it commits or rolls back)."""
-        connections = session.info.get(_SESSION_CONNECTIONS)
+        database until it commits or rolls back); with ``bind``, a Connection the session is
+        bound to, also what that connection's transaction wrote before the session joined."""
+        connections = list(session.info.get(_SESSION_CONNECTIONS, ()))
+        if isinstance(bind, Connection) and bind not in connections:
+            connections.append(bind)
         if not connections:
             return set()
         groups: set[str] = set()
@@ -188,6 +195,18 @@ class WriteTracker:
             if same and not conn.closed and conn.in_transaction():
                 return conn
         return None
+
+    def repeatable_snapshots(self, session: Session) -> list[Snapshot]:
+        """The snapshots of ``session``'s REPEATABLE READ / SERIALIZABLE transactions that
+        have run statements (fixed, and perhaps older than the cache)."""
+        found = []
+        connections: list[Connection] = session.info.get(_SESSION_CONNECTIONS, [])
+        for conn in connections:
+            if not conn.closed and conn.in_transaction() and isolation_of(conn) in _REPEATABLE:
+                state = self._transactions.get(conn)
+                if state is None or not state.fresh:
+                    found.append(self.snapshot_of(conn))
+        return found
 
     def snapshot_of(self, conn: Connection) -> Snapshot:
         """The snapshot taken when ``conn``'s transaction began (see :class:`Snapshot`)."""
@@ -213,6 +232,9 @@ class WriteTracker:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
+        current = self._transactions.get(conn)
+        if current is not None:
+            current.fresh = False
         info = analyze(statement, conn.dialect.name in _BACKSLASH_DIALECTS)
         kind = info.kind
         if kind is StatementKind.SELECT:
@@ -226,7 +248,7 @@ class WriteTracker:
         if kind is StatementKind.OTHER or (kind is StatementKind.DDL and not groups):
             tokens: set[Token] = {EVERYTHING}
         else:
-            if kind is not StatementKind.INSERT:
+            if kind is not StatementKind.INSERT or _replaces_rows(info.fingerprint):
                 groups |= self._cascade_targets(groups)
             tokens = set()
         if _is_autocommit(conn):
@@ -239,6 +261,7 @@ class WriteTracker:
             session is not None
             and session.info.get(_FLUSHING)
             and kind in (StatementKind.INSERT, StatementKind.UPDATE, StatementKind.DELETE)
+            and _from_unit_of_work(context)
         ):
             # The flush knows which rows these were; after_flush decides fine or table-wide.
             transaction.flush_groups |= groups
@@ -279,7 +302,8 @@ class WriteTracker:
 
     def _begin(self, conn: Connection) -> None:
         self._after_core_commit(conn.info)
-        self._transactions.pop(conn, None)
+        state = self._transactions[conn] = _Transaction()
+        state.fresh = True
 
     def _commit(self, conn: Connection) -> None:
         transaction = self._transactions.get(conn)
@@ -291,6 +315,12 @@ class WriteTracker:
             tokens.add(commit_counter())
             self._bump(tokens)  # before the database commits: entries filled earlier go now
             conn.info[_AWAITING] = tokens  # and once more after it, when we next see conn
+
+    def _commit_twophase(self, conn: Connection, xid: object, is_prepared: bool) -> None:
+        self._commit(conn)
+
+    def _rollback_twophase(self, conn: Connection, xid: object, is_prepared: bool) -> None:
+        self._rollback(conn)
 
     def _checkin(self, dbapi_connection: object, connection_record: Any) -> None:
         info = getattr(connection_record, "info", None)
@@ -336,8 +366,10 @@ class WriteTracker:
         state.session = weakref.ref(session)
         if isolation_of(conn) in _REPEATABLE:
             # Before the transaction's first statement fixes its snapshot: any commit after
-            # this moves the counter, and the cache then stays out of this transaction.
-            state.snapshot = Snapshot(self._read_commits())
+            # this moves the counter, and the cache then stays out of this transaction. A
+            # connection that already ran statements (a session joining an outer transaction)
+            # has an older snapshot nobody recorded: nothing is served or filled in it.
+            state.snapshot = Snapshot(self._read_commits() if state.fresh else None)
         session.info.setdefault(_SESSION_CONNECTIONS, []).append(conn)
 
     def _before_flush(self, session: Session, flush_context: object, instances: object) -> None:
@@ -370,21 +402,40 @@ class WriteTracker:
             transaction.add(tokens)
 
     def _session_commit(self, session: Session) -> None:
-        connections = session.info.pop(_SESSION_CONNECTIONS, None)
-        if not connections:
-            return
+        # Fired for savepoints too (SQLAlchemy 2.1): only connections whose database
+        # transaction really ended are bumped; savepoints are followed by the engine events.
+        connections: list[Connection] = session.info.get(_SESSION_CONNECTIONS, [])
         tokens: set[Token] = set()
-        for conn in connections:
-            transaction = self._transactions.pop(conn, None)
-            if transaction is not None:
-                tokens |= transaction.all_tokens()
+        for conn in list(connections):
+            if conn.closed or not conn.in_transaction():
+                connections.remove(conn)
+                transaction = self._transactions.pop(conn, None)
+                if transaction is not None:
+                    tokens |= transaction.all_tokens()
         if tokens:
             tokens.add(commit_counter())
             self._bump(tokens)
 
     def _session_rollback(self, session: Session) -> None:
+        connections: list[Connection] = session.info.get(_SESSION_CONNECTIONS, [])
+        for conn in list(connections):
+            if conn.closed or not conn.in_transaction():
+                connections.remove(conn)
+                self._transactions.pop(conn, None)
+        session.info.pop(_FLUSHING, None)
+
+    def _session_transaction_end(self, session: Session, transaction: Any) -> None:
+        if transaction.parent is not None:
+            return
+        # The session's outermost transaction ended. A connection still in a transaction
+        # belongs to someone else (a Session joined to an outer Connection transaction):
+        # its writes are bumped when that transaction commits, as any Core commit is.
         for conn in session.info.pop(_SESSION_CONNECTIONS, ()):
-            self._transactions.pop(conn, None)
+            state = self._transactions.get(conn)
+            if state is not None and not conn.closed and conn.in_transaction():
+                state.session = None
+            else:
+                self._transactions.pop(conn, None)
         session.info.pop(_FLUSHING, None)
 
 
@@ -398,11 +449,25 @@ def isolation_of(conn: Connection) -> str | None:
     return str(level).upper() if level is not None else None
 
 
+_DML_WORD = re.compile(r"\b(insert|update|delete|merge)\b", re.IGNORECASE)
+_UPSERT = re.compile(r"^replace\b|\bon conflict\b|\bon duplicate key\b", re.IGNORECASE)
+
+
 def _modifying_cte(fingerprint: str) -> bool:
-    upper = fingerprint.upper()
-    return upper.startswith("WITH") and any(
-        word in upper for word in (" INSERT ", " UPDATE ", " DELETE ", " MERGE ")
-    )
+    """A SELECT led by a WITH clause that inserts, updates or deletes."""
+    return fingerprint[:4].lower() == "with" and _DML_WORD.search(fingerprint) is not None
+
+
+def _replaces_rows(fingerprint: str) -> bool:
+    """An INSERT that may delete or update existing rows (REPLACE, upserts): its foreign-key
+    cascades must be followed like an UPDATE's or DELETE's."""
+    return _UPSERT.search(fingerprint) is not None
+
+
+def _from_unit_of_work(context: ExecutionContext | None) -> bool:
+    """Whether a statement was sent by the ORM flush itself (SQLAlchemy's persistence code
+    executes with the mapper's compiled cache), not by an event handler during the flush."""
+    return context is not None and "compiled_cache" in context.execution_options
 
 
 def _is_autocommit(conn: Connection) -> bool:
