@@ -3,6 +3,8 @@
 Every variant runs the same statement (``select(Payment).where(Payment.user_id == u)``,
 10 rows, a fresh ``Session`` per query, users rotating over 50 warmed keys) on PostgreSQL:
 
+* ``no query``: only what every variant pays around the query (the statement, its cache
+  key, opening and closing a ``Session``), for scale;
 * ``sqlalchemy``: no cache, the query runs;
 * ``ormtune memory`` / ``redis`` / ``two-tier``: ``ormtune.cache()`` over each backend;
 * ``dogpile memory`` / ``redis``: dogpile.cache regions wired the way SQLAlchemy's
@@ -210,7 +212,18 @@ def main() -> None:
             )
 
         peer = PeerOption()
+
+        def no_query() -> None:
+            # What every variant pays around the query: the statement, its cache key, a Session.
+            option = cache()
+            for i in range(PER_ROUND):
+                with Session(engine):
+                    statement(1 + i % USERS, option)._generate_cache_key()
+
         variants = {
+            "no query (statement, cache key, Session)": Variant(
+                lambda: None, lambda: None, no_query
+            ),
             "sqlalchemy (no cache)": Variant(lambda: None, lambda: None, sync_batch(None)),
             "ormtune memory": Variant(
                 caches["memory"].install, caches["memory"].uninstall, sync_batch(cache())
