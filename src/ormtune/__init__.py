@@ -25,6 +25,7 @@ and to serve hot reads from a cache that a commit invalidates before it returns:
 """
 
 from ormtune.__about__ import __version__
+from ormtune._install import Installation, install
 from ormtune.batchload import Autoload, autoload, autoload_option
 from ormtune.caching import QueryCache, cache, cached, invalidate
 from ormtune.exceptions import (
@@ -59,6 +60,7 @@ __all__ = [
     "CacheBackendError",
     "CallSite",
     "ConfigurationError",
+    "Installation",
     "MissingDependencyError",
     "NPlusOneError",
     "NPlusOneWarning",
@@ -79,6 +81,7 @@ __all__ = [
     "cached",
     "capture",
     "fingerprint",
+    "install",
     "instrument",
     "invalidate",
     "metrics_app",
