@@ -318,3 +318,36 @@ def test_cached_functions_key_by_database(db: Engine, backend: Backend, qc: Quer
         with Session(db) as a, Session(other) as b:
             assert (first(a), first(b)) == ("p1", "sqlite's")
     other.dispose()
+
+
+@pytest.mark.parametrize(  # schemas: PostgreSQL
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_schema_translate_maps_never_share_entries(backend: Backend, qc: QueryCache) -> None:
+    base = create_engine(backend.sync_url)
+    schemas = ("r_tenant_a", "r_tenant_b")
+    with base.begin() as conn:
+        for schema in schemas:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    tenants = [base.execution_options(schema_translate_map={None: s}) for s in schemas]
+    try:
+        for schema, tenant in zip(schemas, tenants, strict=True):
+            Person.__table__.create(tenant)  # type: ignore[attr-defined]
+            with Session(tenant) as session:
+                session.add(Person(id=1, name=f"in {schema}"))
+                session.commit()
+        for _ in range(3):
+            assert [name_of(t) for t in tenants] == ["in r_tenant_a", "in r_tenant_b"]
+        with Session(base) as session:  # per session, through the connection's options
+            conn = session.connection(
+                execution_options={"schema_translate_map": {None: schemas[1]}}
+            )
+            assert conn is not None
+            stmt = select(Person).where(Person.id == 1).options(cache())
+            assert session.scalars(stmt).one().name == "in r_tenant_b"
+    finally:
+        with base.begin() as conn:
+            for schema in schemas:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        base.dispose()
