@@ -61,6 +61,13 @@ class Node(ReviewBase):
     children: Mapped[list[Node]] = relationship(order_by="Node.id")
 
 
+class Badge(ReviewBase):
+    __tablename__ = "r_badges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("r_people.id", ondelete="CASCADE"))
+
+
 class Credit(ReviewBase):
     __tablename__ = "r_credits"
 
@@ -351,3 +358,88 @@ def test_schema_translate_maps_never_share_entries(backend: Backend, qc: QueryCa
             for schema in schemas:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         base.dispose()
+
+
+POSTGRESQL = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+MARIADB = pytest.mark.parametrize(
+    "backend", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+)
+
+
+@POSTGRESQL
+def test_session_bound_to_a_repeatable_read_connection_is_not_served(
+    db: Engine, backend: Backend, qc: QueryCache
+) -> None:
+    warm(db)
+    repeatable = create_engine(backend.sync_url, isolation_level="REPEATABLE READ")
+    try:
+        with repeatable.connect() as conn:
+            conn.begin()
+            conn.execute(select(Person.id)).all()  # the snapshot is fixed here, before the write
+            with Session(db) as writer:
+                writer.execute(update(Person).where(Person.id == 1).values(name="v1"))
+                writer.commit()
+            with Session(bind=conn) as session:
+                stmt = select(Person).where(Person.id == 1).options(cache())
+                assert session.scalars(stmt).one().name == "p1"  # its snapshot, not stored
+        assert name_of(db) == "v1"
+    finally:
+        repeatable.dispose()
+
+
+@POSTGRESQL
+def test_cached_function_in_an_older_snapshot_is_not_stored(
+    db: Engine, backend: Backend, qc: QueryCache
+) -> None:
+    @cached(name="first-name")
+    def first(session: Session) -> str:
+        return str(session.scalar(select(Person.name).where(Person.id == 1)))
+
+    repeatable = create_engine(backend.sync_url, isolation_level="REPEATABLE READ")
+    try:
+        with Session(db) as session:
+            first(session)  # learn
+        with Session(repeatable) as reader:
+            reader.execute(select(Person.id)).all()  # snapshot fixed
+            with Session(db) as writer:
+                writer.execute(update(Person).where(Person.id == 1).values(name="v1"))
+                writer.commit()
+            assert first(reader) == "p1"
+        with Session(db) as session:
+            assert first(session) == "v1"
+    finally:
+        repeatable.dispose()
+
+
+@MARIADB
+def test_replace_follows_its_delete_cascade(db: Engine, qc: QueryCache) -> None:
+    with Session(db) as session:
+        session.add(Badge(id=1, person_id=1))
+        session.commit()
+
+    def badges() -> list[int]:
+        with Session(db) as session:
+            stmt = select(Badge).where(Badge.person_id == 1).options(cache())
+            return [b.id for b in session.scalars(stmt)]
+
+    badges()
+    assert badges() == [1]
+    with Session(db) as session:
+        session.execute(
+            text("REPLACE INTO r_people (id, name, grp, balance) VALUES (1, 'again', 1, 0)")
+        )
+        session.commit()
+    assert badges() == []
+
+
+@MARIADB
+def test_two_phase_commits_invalidate(db: Engine, qc: QueryCache) -> None:
+    warm(db)
+    with db.connect() as conn:
+        transaction = conn.begin_twophase()
+        conn.execute(update(Person).where(Person.id == 1).values(name="xa"))
+        transaction.prepare()
+        transaction.commit()
+    assert name_of(db) == "xa"
