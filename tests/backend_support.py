@@ -15,6 +15,7 @@ import redis
 from sqlalchemy.util import greenlet_spawn
 
 from ormtune.backends import RedisBackend
+from tests.conftest import REQUIRE_SERVICES
 
 if TYPE_CHECKING:
     import asyncio
@@ -105,7 +106,10 @@ class PrivateRedis:
     def __init__(self, tmp: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed")
+            message = "redis-server is not installed (apt-get install redis-server)"
+            if REQUIRE_SERVICES:  # CI: a missing service fails, never skips quietly
+                pytest.fail(f"{message}; ORMTUNE_REQUIRE_SERVICES is set", pytrace=False)
+            pytest.skip(message)
         self.binary = binary
         self.tmp = tmp
         self.port = free_port()

@@ -26,6 +26,8 @@ from tests.models import Base
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
+    from ormtune.caching import QueryCache
+
 POSTGRES_URL = os.environ.get(
     "ORMTUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -194,3 +196,35 @@ async def integrity_db(backend: Backend, request: pytest.FixtureRequest) -> Asyn
     async with async_engine.begin() as conn:
         await conn.run_sync(IntegrityBase.metadata.drop_all)
     await async_engine.dispose()
+
+
+@pytest.fixture
+def cache_db(backend: Backend) -> Iterator[Engine]:
+    """A sync engine with the cache tests' schema (tests/cache_models.py) and its sample rows;
+    SQLite enforces foreign keys, so ON DELETE CASCADE behaves as on the servers."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from tests.cache_models import CacheBase, sample
+
+    engine = create_engine(backend.sync_url)
+    if backend.name == "sqlite":
+        event.listen(engine, "connect", lambda c, _: c.execute("PRAGMA foreign_keys=ON"))
+    CacheBase.metadata.drop_all(engine)
+    CacheBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(sample())
+        session.commit()
+    yield engine
+    CacheBase.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def qc() -> Iterator[QueryCache]:
+    """A fresh query cache over a memory backend, installed for the test."""
+    from ormtune.backends import MemoryBackend
+    from ormtune.caching import QueryCache
+
+    with QueryCache(MemoryBackend()) as query_cache:
+        yield query_cache

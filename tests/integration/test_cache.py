@@ -20,7 +20,7 @@ from ormtune.typing import Lookup
 from tests.cache_models import Account, CacheBase, Employee, Manager, Payment, Status, Tag, sample
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from sqlalchemy import Engine
 
@@ -29,25 +29,8 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def db(backend: Backend) -> Iterator[Engine]:
-    engine = create_engine(backend.sync_url)
-    if backend.name == "sqlite":
-        event.listen(engine, "connect", lambda c, _: c.execute("PRAGMA foreign_keys=ON"))
-    CacheBase.metadata.drop_all(engine)
-    CacheBase.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(sample())
-        session.commit()
-    yield engine
-    CacheBase.metadata.drop_all(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def qc() -> Iterator[QueryCache]:
-    query_cache = QueryCache(MemoryBackend()).install()
-    yield query_cache
-    query_cache.uninstall()
+def db(cache_db: Engine) -> Engine:
+    return cache_db
 
 
 def payments_stmt(account_id: int, **options: Any) -> Any:

@@ -27,7 +27,6 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 
-from ormtune.backends import MemoryBackend
 from ormtune.caching import QueryCache, cache, cached
 from tests.integration.test_cache import SERVER_DATABASES
 
@@ -100,12 +99,6 @@ def db(backend: Backend) -> Iterator[Engine]:
     yield engine
     ReviewBase.metadata.drop_all(engine)
     engine.dispose()
-
-
-@pytest.fixture
-def qc() -> Iterator[QueryCache]:
-    with QueryCache(MemoryBackend()) as query_cache:
-        yield query_cache
 
 
 def name_of(engine: Engine, pk: int = 1) -> str:

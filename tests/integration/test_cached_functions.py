@@ -6,40 +6,23 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
-from ormtune.backends import MemoryBackend
 from ormtune.caching import QueryCache, cached, invalidate
 from ormtune.testing import assert_max_queries
 from tests.cache_models import Account, CacheBase, Payment, sample
 from tests.integration.test_cache import SERVER_DATABASES, payments_stmt
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
     from tests.conftest import Backend
 
 
 @pytest.fixture
-def db(backend: Backend) -> Iterator[Engine]:
-    engine = create_engine(backend.sync_url)
-    CacheBase.metadata.drop_all(engine)
-    CacheBase.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(sample())
-        session.commit()
-    yield engine
-    CacheBase.metadata.drop_all(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def qc() -> Iterator[QueryCache]:
-    with QueryCache(MemoryBackend()) as query_cache:
-        yield query_cache
+def db(cache_db: Engine) -> Engine:
+    return cache_db
 
 
 def test_function_dependencies_are_discovered_from_its_queries(db: Engine, qc: QueryCache) -> None:

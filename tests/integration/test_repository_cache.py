@@ -5,22 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import ormtune
-from ormtune.backends import MemoryBackend
-from ormtune.caching import QueryCache
 from ormtune.repository import AsyncRepository, Repository
 from ormtune.testing import assert_max_queries
 from tests.cache_models import Account, CacheBase, Payment, sample
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
+    from ormtune.caching import QueryCache
     from tests.conftest import Backend
 
 
@@ -35,22 +31,8 @@ class AsyncCachedPayments(AsyncRepository[Payment]):
 
 
 @pytest.fixture
-def db(backend: Backend) -> Iterator[Engine]:
-    engine = create_engine(backend.sync_url)
-    CacheBase.metadata.drop_all(engine)
-    CacheBase.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(sample())
-        session.commit()
-    yield engine
-    CacheBase.metadata.drop_all(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def qc() -> Iterator[QueryCache]:
-    with QueryCache(MemoryBackend()) as query_cache:
-        yield query_cache
+def db(cache_db: Engine) -> Engine:
+    return cache_db
 
 
 def test_reads_are_cached_and_writes_invalidate_them(db: Engine, qc: QueryCache) -> None:

@@ -36,6 +36,7 @@ from ormtune.caching._recording import (
     record_fresh,
     record_statement,
     recorded_statements,
+    recording,
 )
 from ormtune.caching._shape import (
     FineFilter,
@@ -633,18 +634,13 @@ def _hashable(value: Any) -> Any:
 def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenResult[Any]]:
     """Run the statement, recording what it sends and loads; rows are fetched (objects
     loaded, eager loads run) while freezing, so inside the recording window."""
-    recorded: list[str] = []
     fresh: set[int] = set()
-    outer = recorded_statements.get()
-    recording_token = recorded_statements.set(recorded)
     fresh_token = fresh_states.set(fresh)
     try:
-        return recorded, fresh, state.invoke_statement().freeze()
+        with recording() as recorded:
+            return recorded, fresh, state.invoke_statement().freeze()
     finally:
         fresh_states.reset(fresh_token)
-        recorded_statements.reset(recording_token)
-        if outer is not None:  # an enclosing @cached function learns these tables too
-            outer.extend(recorded)
 
 
 def _groups_of(recorded: list[str], state: ORMExecuteState) -> set[str]:

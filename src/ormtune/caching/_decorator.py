@@ -22,7 +22,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ormtune.caching import _codec
 from ormtune.caching._flight import AsyncSingleFlight, SingleFlight
-from ormtune.caching._recording import recorded_statements
+from ormtune.caching._recording import recording
 from ormtune.caching._tokens import ANY_ROW, EVERYTHING, name_token, table_group
 from ormtune.exceptions import CacheBackendError
 from ormtune.querylog import analyze
@@ -310,15 +310,8 @@ def _run(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    recorded: list[str] = []
-    outer = recorded_statements.get()
-    token = recorded_statements.set(recorded)
-    try:
+    with recording() as recorded:
         result = state.fn(*args, **kwargs)
-    finally:
-        recorded_statements.reset(token)
-        if outer is not None:
-            outer.extend(recorded)
     store = _store(cache, _sessions(args, kwargs), state, key, tokens, lookup, recorded, result)
     if store is not None:
         store()
@@ -334,15 +327,8 @@ async def _run_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    recorded: list[str] = []
-    outer = recorded_statements.get()
-    token = recorded_statements.set(recorded)
-    try:
+    with recording() as recorded:
         result = await cast("Callable[..., Awaitable[Any]]", state.fn)(*args, **kwargs)
-    finally:
-        recorded_statements.reset(token)
-        if outer is not None:
-            outer.extend(recorded)
     store = _store(cache, _sessions(args, kwargs), state, key, tokens, lookup, recorded, result)
     if store is not None:
         await greenlet_spawn(store)
