@@ -1010,9 +1010,14 @@ def test_analyze_is_memoised_per_statement_string() -> None:
 def test_fingerprint_uses_the_analyze_cache() -> None:
     sql = "SELECT * FROM memo_hits WHERE id = " + str(12345)
     fingerprint(sql)
-    hits = analyze.cache_info().hits
+    hits = _sqltext._analyze.cache_info().hits
     fingerprint(sql)
-    assert analyze.cache_info().hits == hits + 1
+    assert _sqltext._analyze.cache_info().hits == hits + 1
+
+
+def test_the_default_quoting_rule_shares_one_memo_entry() -> None:
+    sql = "SELECT * FROM memo_default WHERE id = " + str(54321)
+    assert analyze(sql) is analyze(sql, False) is analyze(sql, backslash_escapes=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1153,6 +1158,9 @@ def test_statement_kind(sql: str, kind: StatementKind) -> None:
         ("INSERT INTO a (x) VALUES (1) ON CONFLICT (x) DO UPDATE SET x = excluded.x", ("a",)),
         ("INSERT INTO a (x) VALUES (1) ON CONFLICT ON CONSTRAINT pk DO NOTHING", ("a",)),
         ("SAVEPOINT sa_1", ()),
+        ("COMMENT ON COLUMN a.x IS 'the x'", ("a",)),
+        ("COMMENT ON COLUMN s.a.x IS NULL", ("s.a",)),
+        ("COMMENT ON TABLE a IS 'the a'", ("a",)),
     ],
 )
 def test_tables(sql: str, tables: tuple[str, ...]) -> None:
@@ -1162,3 +1170,20 @@ def test_tables(sql: str, tables: tuple[str, ...]) -> None:
 def test_tables_with_backslash_escapes() -> None:
     sql = "SELECT * FROM `a` WHERE x = 'it\\'s FROM b' AND y IN (SELECT y FROM c)"
     assert analyze(sql, True).tables == ("a", "c")
+
+
+def test_mysql_double_quotes_take_backslash_escapes() -> None:
+    # a string (or, under ANSI_QUOTES, a name) whose escaped quotes must not end it early
+    sql = 'UPDATE a SET x = "a\\"b", y = (SELECT max(y) FROM c), z = "q"'
+    assert analyze(sql, True).tables == ("a", "c")
+
+
+def test_mysql_hash_comments() -> None:
+    # "#" starts a comment to the end of the line; a quote inside it opens no string
+    info = analyze("UPDATE a SET x = 1 # it's FROM b\nUPDATE c SET y = 2", True)
+    assert info.tables == ("a", "c")
+    assert info.fingerprint == "update a set x = ? update c set y = ?"
+
+
+def test_hash_is_an_operator_outside_mysql() -> None:
+    assert analyze("SELECT j #> '{a}' FROM t").tables == ("t",)

@@ -53,11 +53,23 @@ _COMMON_PATTERNS = [
 ]
 _STANDARD_STRING = r"[Ee]'(?:[^'\\]|\\.|'')*'|[NnXxBbUu]?&?'(?:[^']|'')*'"
 _BACKSLASH_STRING = r"[NnXxBb_]?'(?:[^'\\]|\\.|'')*'"
+# MySQL and MariaDB: "#" starts a comment that runs to the end of the line, and "..." is a
+# string literal with backslash escapes, or a name under ANSI_QUOTES. The reader cannot know the
+# server's sql_mode, so "..." stays a name (a table is never missed), escapes and all.
+_HASH_COMMENT = r"#[^\n]*"
+_BACKSLASH_QIDENT = r'"(?:[^"\\]|\\.|"")*"|`(?:[^`]|``)*`'
 
 
-def _compile(string_pattern: str) -> re.Pattern[str]:
-    patterns = [_COMMON_PATTERNS[0], _COMMON_PATTERNS[1], (_STRING, string_pattern)]
-    patterns += _COMMON_PATTERNS[2:]
+def _compile(*, mysql: bool) -> re.Pattern[str]:
+    comments = _COMMON_PATTERNS[1][1] + (f"|{_HASH_COMMENT}" if mysql else "")
+    patterns = [
+        _COMMON_PATTERNS[0],
+        (_COMMENT, comments),
+        (_STRING, _BACKSLASH_STRING if mysql else _STANDARD_STRING),
+        *_COMMON_PATTERNS[2:],
+    ]
+    if mysql:
+        patterns = [(_QIDENT, _BACKSLASH_QIDENT) if k == _QIDENT else (k, p) for k, p in patterns]
     return re.compile(
         "|".join(f"(?P<k{kind}_{i}>{pattern})" for i, (kind, pattern) in enumerate(patterns)),
         re.DOTALL,
@@ -65,7 +77,7 @@ def _compile(string_pattern: str) -> re.Pattern[str]:
 
 
 # MySQL and MariaDB treat a backslash in a string literal as an escape; standard SQL does not.
-_TOKENIZERS = {False: _compile(_STANDARD_STRING), True: _compile(_BACKSLASH_STRING)}
+_TOKENIZERS = {False: _compile(mysql=False), True: _compile(mysql=True)}
 
 # Words after which a "-" or "+" starts a signed literal rather than a subtraction.
 _EXPRESSION_STARTERS = frozenset(
@@ -356,6 +368,11 @@ def _tables(tokens: list[tuple[int, str]], kind: StatementKind) -> tuple[str, ..
             continue
         if not _introduces_table(tokens, i - 1, kind):
             continue
+        if text == "on" and i < len(tokens) and tokens[i] == (_WORD, "column"):
+            name, i = _read_name(tokens, i + 1)  # COMMENT ON COLUMN [schema.]table.column
+            if name is not None and "." in name:
+                found.append(name.rsplit(".", 1)[0])
+            continue
         if text == "from" and paren_is_from_function and paren_is_from_function[-1]:
             continue
         in_list = text in ("from", "truncate", "using") or (
@@ -398,13 +415,17 @@ def _tables(tokens: list[tuple[int, str]], kind: StatementKind) -> tuple[str, ..
     return tuple(sorted({name for name in found if name not in ctes}))
 
 
-@lru_cache(maxsize=8192)
 def analyze(sql: str, backslash_escapes: bool = False) -> StatementInfo:
     """Fingerprint, kind and tables of one statement string (memoised per string).
 
     ``backslash_escapes`` is true for MySQL and MariaDB, whose string literals treat ``\\`` as
-    an escape character.
+    an escape character, ``"..."`` as a string and ``#`` as the start of a comment.
     """
+    return _analyze(sql, backslash_escapes)  # positional: one memo entry however it is called
+
+
+@lru_cache(maxsize=8192)
+def _analyze(sql: str, backslash_escapes: bool) -> StatementInfo:
     tokens = _tokens(sql, backslash_escapes)
     text = _join(_collapse_lists(_normalise(tokens)))
     kind = _statement_kind(tokens)
