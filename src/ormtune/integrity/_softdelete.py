@@ -25,10 +25,11 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
-from sqlalchemy import DateTime, Exists, Index, String, event, inspect, text
+from sqlalchemy import DateTime, Exists, Index, Select, String, and_, event, inspect, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import (
     Mapped,
+    Mapper,
     ORMExecuteState,
     Session,
     UserDefinedOption,
@@ -98,17 +99,19 @@ def _filter_deleted(state: ORMExecuteState) -> None:
         option is criteria for option in getattr(statement, "_with_options", ())
     ):
         return
-    if _EXISTS_NEEDS_CRITERIA and state.is_select:
+    if _EXISTS_NEEDS_CRITERIA:
         statement = _filter_exists(statement)
     state.statement = statement.options(criteria)
 
 
 # SQLAlchemy 2.0 compiles the EXISTS of has() / any() outside the ORM, so loader criteria
-# never reach it (2.1 fixed that); on 2.0 the WHERE clause's EXISTS get the condition here.
+# never reach it (2.1 fixed that); on 2.0 each such EXISTS, at any depth, gets the condition
+# here.
 _EXISTS_NEEDS_CRITERIA = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
 
 
 def _soft_deletable_tables() -> set[tuple[str | None, str]]:
+    """(schema, name) of every table mapped by a class that uses :class:`SoftDeleteMixin`."""
     tables = set()
     pending: list[type] = [SoftDeleteMixin]
     while pending:
@@ -127,23 +130,75 @@ def _live_condition(element: object, tables: set[tuple[str | None, str]]) -> Any
     return None
 
 
+def _exists_conditions(exists: Exists, tables: set[tuple[str | None, str]]) -> list[Any]:
+    """The live-row conditions for the tables an EXISTS selects from itself (what has() and
+    any() put in its FROM: the target and any secondary), not those it correlates to."""
+    inner: Any = exists.element
+    while not isinstance(inner, Select) and hasattr(inner, "element"):
+        inner = inner.element
+    froms = getattr(inner, "_from_obj", ())
+    return [c for f in froms if (c := _live_condition(f, tables)) is not None]
+
+
 def _filter_exists(statement: Any) -> Any:
-    where = getattr(statement, "whereclause", None)
-    if where is None or not any(isinstance(e, Exists) for e in visitors.iterate(where)):
+    """SQLAlchemy 2.0 only: every has()/any() EXISTS in ``statement``, nested ones included
+    (which sit inside parts that replacement traversals must skip), filtered for live rows."""
+    found = [e for e in visitors.iterate(statement) if isinstance(e, Exists)]
+    if not found:
         return statement
     tables = _soft_deletable_tables()
+    if not any(_exists_conditions(e, tables) for e in found):
+        return statement
 
-    def replace(element: Any, **kw: Any) -> Any:
-        if not isinstance(element, Exists):
-            return None
-        conditions = [
-            condition
-            for child in visitors.iterate(element)
-            if (condition := _live_condition(child, tables)) is not None
-        ]
-        return element.where(*conditions) if conditions else None
+    def visit_unary(element: Any) -> None:
+        # cloned_traverse hands over a fresh copy whose inner EXISTS are already done
+        if isinstance(element, Exists) and (conditions := _exists_conditions(element, tables)):
+            element.element = element.where(*conditions).element
 
-    return visitors.replacement_traverse(statement, {}, replace)
+    return visitors.cloned_traverse(statement, {}, {"unary": visit_unary})
+
+
+_LINKS_FILTERED = "ormtune_live_links"
+
+
+def _filter_links(mapper: Mapper[Any], class_: type) -> None:
+    """``mapper_configured``: a relationship whose ``secondary`` is the table of a class that
+    uses :class:`SoftDeleteMixin` links only through live association rows.
+
+    The condition joins the relationship's secondary join, so every path that joins through
+    it has it: lazy, selectin, joined and subquery loads, ``any()``/``has()``, ``join()``.
+    SQLAlchemy builds a lazy loader's clause when the relationship is initialised, just before
+    this event, so lazy loaders built from the old join are given the new one.
+    """
+    tables = _soft_deletable_tables()
+    for prop in mapper.relationships:
+        secondary = prop.secondary
+        if (
+            prop.info.get(_LINKS_FILTERED)
+            or not isinstance(secondary, TableClause)
+            or (secondary.schema, secondary.name) not in tables
+            or "deleted_at" not in secondary.c
+        ):
+            continue
+        prop.info[_LINKS_FILTERED] = True
+        join = prop._join_condition
+        if join.secondaryjoin is None:
+            continue
+        join.secondaryjoin = and_(join.secondaryjoin, secondary.c.deleted_at.is_(None))
+        prop.secondaryjoin = join.secondaryjoin
+        strategies: dict[object, Any] = getattr(prop, "_strategies", {})
+        for strategy in strategies.values():
+            if hasattr(strategy, "_lazywhere"):
+                (
+                    strategy._lazywhere,
+                    strategy._bind_to_col,
+                    strategy._equated_columns,
+                ) = join.create_lazy_clause()
+                (
+                    strategy._rev_lazywhere,
+                    strategy._rev_bind_to_col,
+                    strategy._rev_equated_columns,
+                ) = join.create_lazy_clause(reverse_direction=True)
 
 
 def _note_soft_deletes(session: Session, flush_context: UOWTransaction) -> None:
@@ -190,6 +245,8 @@ def _install() -> None:
     for name, listener in _LISTENERS:
         if not event.contains(Session, name, listener):
             event.listen(Session, name, listener)
+    if not event.contains(Mapper, "mapper_configured", _filter_links):
+        event.listen(Mapper, "mapper_configured", _filter_links)
 
 
 class IncludeDeleted(UserDefinedOption):
