@@ -9,7 +9,15 @@ loads of relationships, many-to-many included. :func:`include_deleted` is the op
 option that travels the same way, so relationships loaded from an opted-out statement are
 opted out too. Refreshes of expired instances, which SQLAlchemy keeps out of loader criteria,
 get the same condition as a WHERE clause, so a row soft-deleted since it was loaded reads as
-gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would.
+gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would. On SQLAlchemy
+2.0, whose has()/any() build their EXISTS outside the ORM, each EXISTS (nested ones too) gets
+the condition directly.
+
+A relationship whose ``secondary`` is the table of a class using the mixin (an association
+class) links only through live association rows: the condition is part of the relationship's
+secondary join from mapper configuration on, so every path through it has it.
+:func:`include_deleted` brings deleted links back with the rest: the condition is a construct
+that compiles to ``TRUE`` in a statement carrying the option.
 
 ``session.get()`` answers from the identity map without SQL and without any event, so a
 soft-deleted instance must not stay there: the flush that soft-deletes an instance (whichever
@@ -25,8 +33,9 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
-from sqlalchemy import DateTime, Exists, Index, Select, String, and_, event, inspect, text
+from sqlalchemy import Boolean, DateTime, Exists, Index, Select, String, and_, event, inspect, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import (
     Mapped,
     Mapper,
@@ -37,6 +46,7 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import Alias, TableClause
 
 from ormtune.integrity._context import current_actor
@@ -161,12 +171,33 @@ def _filter_exists(statement: Any) -> Any:
 _LINKS_FILTERED = "ormtune_live_links"
 
 
+class _LiveLink(FunctionElement[bool]):
+    """``<secondary>.deleted_at IS NULL`` in a relationship's secondary join; always true in a
+    statement that uses :func:`include_deleted` (which is part of the statement's cache key,
+    so the two never share a compiled form). A function element, so that SQLAlchemy's
+    aliasing of the join reaches the column inside."""
+
+    type = Boolean()
+    name = "ormtune_live_link"
+    inherit_cache = True
+
+
+@compiles(_LiveLink)
+def _compile_live_link(element: _LiveLink, compiler: Any, **kw: Any) -> str:
+    statement = getattr(compiler, "statement", None)
+    if any(isinstance(o, IncludeDeleted) for o in getattr(statement, "_with_options", ())):
+        return str(compiler.process(sqlalchemy.true(), **kw))
+    (column,) = element.clauses
+    return str(compiler.process(column.is_(None), **kw))
+
+
 def _filter_links(mapper: Mapper[Any], class_: type) -> None:
     """``mapper_configured``: a relationship whose ``secondary`` is the table of a class that
     uses :class:`SoftDeleteMixin` links only through live association rows.
 
     The condition joins the relationship's secondary join, so every path that joins through
-    it has it: lazy, selectin, joined and subquery loads, ``any()``/``has()``, ``join()``.
+    it has it: lazy, selectin, joined and subquery loads, ``any()``/``has()``, ``join()``; in
+    a statement with :func:`include_deleted` (relationship loads inherit it) it is true.
     SQLAlchemy builds a lazy loader's clause when the relationship is initialised, just before
     this event, so lazy loaders built from the old join are given the new one.
     """
@@ -184,7 +215,7 @@ def _filter_links(mapper: Mapper[Any], class_: type) -> None:
         join = prop._join_condition
         if join.secondaryjoin is None:
             continue
-        join.secondaryjoin = and_(join.secondaryjoin, secondary.c.deleted_at.is_(None))
+        join.secondaryjoin = and_(join.secondaryjoin, _LiveLink(secondary.c.deleted_at))
         prop.secondaryjoin = join.secondaryjoin
         strategies: dict[object, Any] = getattr(prop, "_strategies", {})
         for strategy in strategies.values():
