@@ -52,6 +52,8 @@ from sqlalchemy.sql.selectable import Alias, TableClause
 from ormtune.integrity._context import current_actor
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.orm import UOWTransaction
     from sqlalchemy.orm.util import LoaderCriteriaOption
 
@@ -150,10 +152,30 @@ def _exists_conditions(exists: Exists, tables: set[tuple[str | None, str]]) -> l
     return [c for f in froms if (c := _live_condition(f, tables)) is not None]
 
 
+def _clauses(statement: Any) -> Iterator[Any]:
+    """Where has() / any() can be: WHERE, HAVING, ORDER BY, the columns, join conditions.
+    Looking only there (tables are skipped) keeps this check cheap on every statement."""
+    if (where := getattr(statement, "whereclause", None)) is not None:
+        yield where
+    yield from getattr(statement, "_having_criteria", ())
+    yield from getattr(statement, "_order_by_clauses", ())
+    for column in getattr(statement, "_raw_columns", ()):
+        if not isinstance(column, TableClause):
+            yield column
+    for join in getattr(statement, "_setup_joins", ()):
+        if join[1] is not None:
+            yield join[1]
+
+
 def _filter_exists(statement: Any) -> Any:
     """SQLAlchemy 2.0 only: every has()/any() EXISTS in ``statement``, nested ones included
     (which sit inside parts that replacement traversals must skip), filtered for live rows."""
-    found = [e for e in visitors.iterate(statement) if isinstance(e, Exists)]
+    found = [
+        element
+        for part in _clauses(statement)
+        for element in visitors.iterate(part)
+        if isinstance(element, Exists)
+    ]
     if not found:
         return statement
     tables = _soft_deletable_tables()
