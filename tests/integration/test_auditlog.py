@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import ResourceClosedError
 
 import ormtune
@@ -274,6 +275,44 @@ async def test_inserts_whose_keys_cannot_be_known_are_recorded_without_them(db: 
         )
         for iban in ("V1", "V2", "Z")
     ]
+
+
+def upsert_of_accounts(backend: str) -> Any:
+    """INSERT ... ON CONFLICT (iban) / ON DUPLICATE KEY that sets ``token`` to the iban, in
+    the dialect's own words (the repository's ``upsert`` gives the audit log its keys; this
+    does not)."""
+    if backend == "mariadb":
+        statement = mysql.insert(Account)
+        return statement.on_duplicate_key_update(token=statement.inserted.iban)
+    dialect = postgresql if backend == "postgresql" else sqlite
+    upsert = dialect.insert(Account)
+    return upsert.on_conflict_do_update(
+        index_elements=["iban"], set_={"token": upsert.excluded.iban}
+    )
+
+
+@pytest.mark.usefixtures("audit")
+async def test_a_raw_upsert_without_keys_is_recorded_as_an_upsert(db: Harness) -> None:
+    await make_user(db)
+    await db.repo(Account).create(id=1, iban="A", user_id=1)
+    await db.commit()
+    await clear(db)
+    statement = upsert_of_accounts(db.backend)
+    rows = [{"iban": "A", "user_id": 1}, {"iban": "B", "user_id": 1}]
+    await db.run(lambda s: s.execute(statement, rows))
+    await db.commit()
+    # no RETURNING is added: keys alone could not tell the update of A from the insert of B
+    assert await entries(db) == [
+        (
+            "accounts",
+            None,
+            "upsert",
+            {"iban": {"old": None, "new": iban}, "user_id": {"old": None, "new": 1}},
+        )
+        for iban in ("A", "B")
+    ]
+    tokens = await db.run(lambda s: dict(s.execute(select(Account.iban, Account.token)).all()))
+    assert tokens == {"A": "A", "B": None}
 
 
 @pytest.mark.usefixtures("audit")

@@ -158,9 +158,12 @@ class BulkStatement:
     def _can_add_returning(self, statement: Any, params: Sequence[Mapping[str, Any]]) -> bool:
         """Whether RETURNING the primary key can be added without changing the caller's
         result: an ORM bulk INSERT (parameters given, SQLAlchemy's "bulk" strategy returns
-        no rows) without RETURNING of its own, on a database with INSERT ... RETURNING."""
+        no rows), not an upsert, without RETURNING of its own, on a database with
+        INSERT ... RETURNING."""
         if getattr(statement, "_returning", ()) or not self.cols.pk_keys:
             return False
+        if getattr(statement, "_post_values_clause", None) is not None:
+            return False  # an upsert: keys alone cannot tell its inserts from its updates
         if self.state.execution_options.get("dml_strategy", "auto") not in ("auto", "bulk"):
             return False
         dialect = self.session.get_bind(mapper=self.mapper).dialect
