@@ -177,6 +177,9 @@ async def test_nested_has_and_any(db: Harness) -> None:
         flags = session.execute(select(User.id, deep).options(include_deleted())).all()
         assert sorted(tuple(r) for r in flags) == [(1, True), (2, False)]
         assert [tuple(r) for r in session.execute(select(User.id, deep))] == [(1, False)]
+        # inside a subquery selected from
+        inner = select(User).where(User.payments.any(Payment.id == 11)).subquery()
+        assert ids(session.scalars(select(inner.c.id).select_from(inner))) == []
         # and in a bulk UPDATE's WHERE clause
         renamed = update(User).where(deep).values(name="renamed")
         assert session.execute(renamed).rowcount == 0  # type: ignore[attr-defined]

@@ -153,15 +153,16 @@ def _exists_conditions(exists: Exists, tables: set[tuple[str | None, str]]) -> l
 
 
 def _clauses(statement: Any) -> Iterator[Any]:
-    """Where has() / any() can be: WHERE, HAVING, ORDER BY, the columns, join conditions.
+    """Where has() / any() can be: WHERE, HAVING, ORDER BY, the columns, subqueries selected
+    from, join conditions.
     Looking only there (tables are skipped) keeps this check cheap on every statement."""
     if (where := getattr(statement, "whereclause", None)) is not None:
         yield where
     yield from getattr(statement, "_having_criteria", ())
     yield from getattr(statement, "_order_by_clauses", ())
-    for column in getattr(statement, "_raw_columns", ()):
-        if not isinstance(column, TableClause):
-            yield column
+    for element in (*getattr(statement, "_raw_columns", ()), *getattr(statement, "_from_obj", ())):
+        if not isinstance(element, TableClause):  # columns, subqueries, aliases of them
+            yield element
     for join in getattr(statement, "_setup_joins", ()):
         if join[1] is not None:
             yield join[1]
