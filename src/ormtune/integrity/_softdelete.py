@@ -30,6 +30,7 @@ The listeners are installed when the first class using the mixin is defined.
 from __future__ import annotations
 
 import datetime
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
@@ -191,7 +192,7 @@ def _filter_exists(statement: Any) -> Any:
     return visitors.cloned_traverse(statement, {}, {"unary": visit_unary})
 
 
-_LINKS_FILTERED = "ormtune_live_links"
+_LINKS_FILTERED: weakref.WeakSet[object] = weakref.WeakSet()  # relationships already done
 
 
 class _LiveLink(FunctionElement[bool]):
@@ -228,13 +229,13 @@ def _filter_links(mapper: Mapper[Any], class_: type) -> None:
     for prop in mapper.relationships:
         secondary = prop.secondary
         if (
-            prop.info.get(_LINKS_FILTERED)
+            prop in _LINKS_FILTERED
             or not isinstance(secondary, TableClause)
             or (secondary.schema, secondary.name) not in tables
             or "deleted_at" not in secondary.c
         ):
             continue
-        prop.info[_LINKS_FILTERED] = True
+        _LINKS_FILTERED.add(prop)
         join = prop._join_condition
         if join.secondaryjoin is None:
             continue
