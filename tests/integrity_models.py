@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Integer, String, Table, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ormtune.integrity import (
@@ -16,14 +16,6 @@ from ormtune.integrity import (
 
 class Base(DeclarativeBase):
     pass
-
-
-job_tags = Table(
-    "job_tags",
-    Base.metadata,
-    Column("job_id", ForeignKey("jobs.id"), primary_key=True),
-    Column("tag_id", ForeignKey("tags.id"), primary_key=True),
-)
 
 
 class User(SoftDeleteByMixin, AuditMixin, Base):
@@ -46,7 +38,7 @@ class Job(SoftDeleteMixin, Base):
     title: Mapped[str] = mapped_column(String(100))
     client_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     client: Mapped[User] = relationship(back_populates="jobs")
-    tags: Mapped[list[Tag]] = relationship(secondary=job_tags, order_by="Tag.id")
+    tags: Mapped[list[Tag]] = relationship(secondary="job_tags", order_by="Tag.id")
     payments: Mapped[list[Payment]] = relationship(back_populates="job", order_by="Payment.id")
 
 
@@ -55,6 +47,35 @@ class Tag(SoftDeleteMixin, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50))
+    jobs: Mapped[list[Job]] = relationship(secondary="job_tags", order_by="Job.id", viewonly=True)
+
+
+class JobTag(SoftDeleteMixin, Base):
+    """The association table of ``Job.tags``, soft-deletable: a deleted row does not link."""
+
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id"), primary_key=True)
+
+
+class Employee(AuditMixin, Base):
+    """Joined-table inheritance: ``Manager`` rows live in ``employees`` and ``managers``."""
+
+    __tablename__ = "employees"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}
+
+
+class Manager(Employee):
+    __tablename__ = "managers"
+
+    id: Mapped[int] = mapped_column(ForeignKey("employees.id"), primary_key=True)
+    budget: Mapped[int] = mapped_column(Integer, default=0)
+    __mapper_args__ = {"polymorphic_identity": "manager"}
 
 
 class Payment(SoftDeleteMixin, Base):

@@ -24,7 +24,7 @@ from ormtune.integrity import (
 )
 from ormtune.repository import translating
 from ormtune.testing import assert_num_queries
-from tests.integrity_models import Account, Job, Payment, Tag, User
+from tests.integrity_models import Account, Job, JobTag, Payment, Tag, User
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -36,7 +36,8 @@ YESTERDAY = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 def seed(session: Session) -> None:
     """Users 1 (live) and 2 (deleted); user 1 has payments 10 (live) and 11 (deleted) and
-    job 5 tagged with tags 1 (live) and 2 (deleted); user 2 has payment 20 (live)."""
+    job 5 tagged with tags 1 (live) and 2 (deleted); user 2 has payment 20 (live). Tag 3 is
+    live, but its link to job 5 (a ``JobTag`` row) is soft-deleted."""
     live_tag, gone_tag = Tag(id=1, name="live"), Tag(id=2, name="gone", deleted_at=YESTERDAY)
     alice = User(id=1, email="alice@example.com", name="alice")
     bob = User(id=2, email="bob@example.com", name="bob", deleted_at=YESTERDAY)
@@ -46,7 +47,9 @@ def seed(session: Session) -> None:
         Payment(id=11, amount=2, job=job, deleted_at=YESTERDAY),
     ]
     bob.payments = [Payment(id=20, amount=3)]
-    session.add_all([alice, bob])
+    session.add_all([alice, bob, Tag(id=3, name="unlinked")])
+    session.flush()
+    session.add(JobTag(job_id=5, tag_id=3, deleted_at=YESTERDAY))
     session.commit()
     session.expunge_all()
 
@@ -105,7 +108,7 @@ async def test_lazy_loads(db: Harness) -> None:
         session.expunge_all()
         alice = session.scalars(select(User).where(User.id == 1).options(include_deleted())).one()
         assert ids(alice.payments) == [10, 11]  # the opt-out travels to relationship loads
-        assert ids(alice.jobs[0].tags) == [1, 2]
+        assert ids(alice.jobs[0].tags) == [1, 2, 3]  # deleted tag, deleted link
         # a many-to-one to a deleted row reads as None
         session.expunge_all()
         payment = session.get(Payment, 20, options=[include_deleted()])
@@ -130,7 +133,7 @@ async def test_eager_loads(db: Harness, loader: Any) -> None:
         assert ids(users) == [1, 2]
         alice = next(u for u in users if u.id == 1)
         assert ids(alice.payments) == [10, 11]
-        assert ids(alice.jobs[0].tags) == [1, 2]
+        assert ids(alice.jobs[0].tags) == [1, 2, 3]
 
     await db.run(check)
 
@@ -151,6 +154,68 @@ async def test_has_and_any(db: Harness) -> None:
         of_bob = select(Payment.id).where(Payment.user.has(User.name == "bob"))
         assert ids(session.scalars(of_bob.options(include_deleted()))) == [20]
         assert ids(session.scalars(of_bob)) == []
+
+    await db.run(check)
+
+
+async def test_nested_has_and_any(db: Harness) -> None:
+    def check(session: Session) -> None:
+        # any() inside any(): user 1's job 5 has payment 11, which is deleted
+        nested = select(User.id).where(User.jobs.any(Job.payments.any(Payment.id == 11)))
+        assert ids(session.scalars(nested)) == []
+        assert ids(session.scalars(nested.options(include_deleted()))) == [1]
+        live = select(User.id).where(User.jobs.any(Job.payments.any(Payment.id == 10)))
+        assert ids(session.scalars(live)) == [1]
+        # has() inside any(): payment 20's user (bob) is deleted
+        of_bob = select(Job.id).where(Job.payments.any(Payment.user.has(User.name == "bob")))
+        session.execute(update(Payment).where(Payment.id == 20).values(job_id=5))
+        assert ids(session.scalars(of_bob)) == []
+        assert ids(session.scalars(of_bob.options(include_deleted()))) == [5]
+        # three levels, and an EXISTS in the columns clause rather than the WHERE clause
+        deep = User.jobs.any(Job.payments.any(Payment.user.has(User.name == "bob")))
+        assert ids(session.scalars(select(User.id).where(deep))) == []
+        flags = session.execute(select(User.id, deep).options(include_deleted())).all()
+        assert sorted(tuple(r) for r in flags) == [(1, True), (2, False)]
+        assert [tuple(r) for r in session.execute(select(User.id, deep))] == [(1, False)]
+        # inside a subquery selected from
+        inner = select(User).where(User.payments.any(Payment.id == 11)).subquery()
+        assert ids(session.scalars(select(inner.c.id).select_from(inner))) == []
+        # and in a bulk UPDATE's WHERE clause
+        renamed = update(User).where(deep).values(name="renamed")
+        assert session.execute(renamed).rowcount == 0  # type: ignore[attr-defined]
+        session.rollback()
+
+    await db.run(check)
+
+
+async def test_a_soft_deleted_association_row_does_not_link(db: Harness) -> None:
+    def check(session: Session) -> None:
+        job = session.get(Job, 5)
+        assert job is not None
+        assert ids(job.tags) == [1]  # lazy: tag 3 is live, its link is not
+        tag3 = session.get(Tag, 3)
+        assert tag3 is not None
+        assert tag3.jobs == []  # the other direction
+        assert ids(session.scalars(select(Job.id).where(Job.tags.any(Tag.id == 3)))) == []
+        assert ids(session.scalars(select(Tag.id).join_from(Job, Job.tags))) == [1]
+        opted_out = select(Tag.id).join_from(Job, Job.tags).options(include_deleted())
+        assert ids(session.scalars(opted_out)) == [1, 2, 3]
+        linked_to_3 = select(Job.id).where(Job.tags.any(Tag.id == 3))
+        assert ids(session.scalars(linked_to_3.options(include_deleted()))) == [5]
+        assert ids(session.scalars(select(JobTag.tag_id))) == [1, 2]  # the class itself
+        session.expunge_all()
+        job = session.get(Job, 5, options=[include_deleted()])
+        assert job is not None
+        assert ids(job.tags) == [1, 2, 3]  # a lazy load from an opted-out object
+        # restoring the link row links the tag again
+        link = session.get(JobTag, (5, 3), options=[include_deleted()])
+        assert link is not None
+        restore(link)
+        session.commit()
+        session.expunge_all()
+        job = session.get(Job, 5)
+        assert job is not None
+        assert ids(job.tags) == [1, 3]
 
     await db.run(check)
 

@@ -5,7 +5,8 @@
 * :class:`AuditMixin`: ``created_at``/``updated_at``/``created_by``/``updated_by``.
 * :class:`AuditLogMixin` + :func:`record_audit_log`: one log row per changed row, in the same
   transaction, for the unit of work and for bulk ORM statements.
-* :func:`audit_context` / :func:`set_audit_context`: who is acting, for which request.
+* :func:`actor` / :func:`audit_context` / :func:`set_audit_context` and
+  :class:`AuditContextMiddleware`: who is acting, for which request.
 """
 
 from ormtune.integrity._auditlog import (
@@ -18,6 +19,7 @@ from ormtune.integrity._auditlog import (
 from ormtune.integrity._columns import AuditMixin
 from ormtune.integrity._context import (
     AuditContext,
+    actor,
     audit_context,
     current_actor,
     current_audit_context,
@@ -25,6 +27,7 @@ from ormtune.integrity._context import (
     reset_audit_context,
     set_audit_context,
 )
+from ormtune.integrity._middleware import AuditContextMiddleware
 from ormtune.integrity._softdelete import (
     IncludeDeleted,
     SoftDeleteByMixin,
@@ -42,11 +45,13 @@ __all__ = [
     "AUDIT_KEYS_OPTION",
     "AuditAction",
     "AuditContext",
+    "AuditContextMiddleware",
     "AuditLogMixin",
     "AuditMixin",
     "IncludeDeleted",
     "SoftDeleteByMixin",
     "SoftDeleteMixin",
+    "actor",
     "audit_context",
     "current_actor",
     "current_audit_context",

@@ -18,25 +18,28 @@ transaction or savepoint that rolls back are dropped with it.
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
-import enum
-import json
+import datetime  # noqa: TC003 (SQLAlchemy resolves Mapped[...] annotations at runtime)
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, event, insert, inspect
-from sqlalchemy import select as sql_select
-from sqlalchemy import tuple_ as sql_tuple
-from sqlalchemy.exc import ResourceClosedError
-from sqlalchemy.orm import Mapped, Mapper, Session, declared_attr, mapped_column
+from sqlalchemy.orm import NO_VALUE, Mapped, Mapper, Session, declared_attr, mapped_column
 
 from ormtune.exceptions import ConfigurationError
+from ormtune.integrity._auditbulk import BulkStatement
+from ormtune.integrity._auditrows import (
+    AUDIT_KEYS_OPTION,
+    AuditAction,
+    AuditedColumns,
+    Key,
+    Values,
+    jsonable,
+    read_rows,
+    row_key,
+)
 from ormtune.integrity._context import current_audit_context
-from ormtune.integrity._softdelete import TIMESTAMP, IncludeDeleted, include_deleted, utcnow
+from ormtune.integrity._softdelete import TIMESTAMP, utcnow
 from ormtune.querylog import Registration
 
 if TYPE_CHECKING:
@@ -44,26 +47,14 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import ORMExecuteState, SessionTransaction, UOWTransaction
     from sqlalchemy.orm.state import InstanceState
 
-__all__ = ["AUDIT_KEYS_OPTION", "AuditAction", "AuditLogMixin", "record_audit_log"]
-
-AUDIT_KEYS_OPTION = "ormtune_audit_keys"
-"""Execution option naming the unique columns that identify an INSERT's rows when its
-parameters lack the primary key (repositories set it for upserts)."""
-
-_CHUNK = 500
-_Key = tuple[Any, ...]
-_Values = dict[str, Any]
-
-
-class AuditAction(enum.StrEnum):
-    """What happened to a row, as stored in ``AuditLog.action``."""
-
-    INSERT = "insert"
-    UPDATE = "update"
-    DELETE = "delete"
-    SOFT_DELETE = "soft_delete"
-    RESTORE = "restore"
-    UPSERT = "upsert"  # an upsert whose rows could not be told apart (no key known)
+__all__ = [
+    "AUDIT_KEYS_OPTION",
+    "AuditAction",
+    "AuditLogMixin",
+    "Recorder",
+    "jsonable",
+    "record_audit_log",
+]
 
 
 class AuditLogMixin:
@@ -97,53 +88,7 @@ class AuditLogMixin:
         return (Index(f"ix_{name}_table_row", "table_name", "row_key"),)
 
 
-def jsonable(value: object) -> object:
-    """``value`` as something ``json.dumps`` accepts, losslessly where it can."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return (
-            value if value == value and value not in (float("inf"), float("-inf")) else str(value)
-        )
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal | uuid.UUID | datetime.timedelta):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "base64:" + base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    return str(value)
-
-
-def _row_key(key: _Key) -> str:
-    if len(key) == 1:
-        return str(jsonable(key[0]))
-    return json.dumps([jsonable(v) for v in key])
-
-
-class _Columns:
-    """What the log records of one mapper: (attribute key, column name, masked) triples."""
-
-    __slots__ = ("columns", "deleted_key", "pk_keys", "table")
-
-    def __init__(self, mapper: Mapper[Any], excluded: set[str], masked: set[str]) -> None:
-        self.table = mapper.base_mapper.local_table.name  # type: ignore[attr-defined]
-        self.pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-        self.columns: list[tuple[str, str, bool]] = []
-        for prop in mapper.column_attrs:
-            name = prop.columns[0].name
-            if name is None or {name, f"{self.table}.{name}"} & excluded:
-                continue
-            self.columns.append((prop.key, name, bool({name, f"{self.table}.{name}"} & masked)))
-        self.deleted_key = "deleted_at" if "deleted_at" in mapper.column_attrs else None
-
-
-class _Recorder:
+class Recorder:
     """The listeners of one :func:`record_audit_log` registration."""
 
     def __init__(
@@ -163,21 +108,22 @@ class _Recorder:
         self.excluded = set(exclude_columns)
         self.masked = set(mask_columns)
         self.mask = mask
-        self._columns: dict[Mapper[Any], _Columns | None] = {}
+        self._columns: dict[Mapper[Any], AuditedColumns | None] = {}
+        self._preloaded_key = f"ormtune_audit_old_values_{id(self)}"
 
     # -- configuration -----------------------------------------------------------------------
 
-    def columns_of(self, mapper: Mapper[Any]) -> _Columns | None:
+    def columns_of(self, mapper: Mapper[Any]) -> AuditedColumns | None:
         """The recorded columns of ``mapper``, or ``None`` if it is not audited."""
         try:
             return self._columns[mapper]
         except KeyError:
             pass
-        columns: _Columns | None = None
+        columns: AuditedColumns | None = None
         if mapper.registry is self.log_mapper.registry:
-            candidate = _Columns(mapper, self.excluded, self.masked)
-            if candidate.table not in self.exclude_tables and (
-                self.tables is None or candidate.table in self.tables
+            candidate = AuditedColumns(mapper, self.excluded, self.masked)
+            if not (candidate.tables & self.exclude_tables) and (
+                self.tables is None or candidate.tables & self.tables
             ):
                 columns = candidate
         self._columns[mapper] = columns
@@ -185,11 +131,11 @@ class _Recorder:
 
     # -- entries -----------------------------------------------------------------------------
 
-    def _show(self, value: object, masked: bool) -> object:
+    def show(self, value: object, masked: bool) -> object:
         return self.mask if masked and value is not None else jsonable(value)
 
     def entry(
-        self, cols: _Columns, key: _Key | None, old: _Values | None, new: _Values | None
+        self, cols: AuditedColumns, key: Key | None, old: Values | None, new: Values | None
     ) -> dict[str, Any] | None:
         """One log row for a row that went from ``old`` to ``new`` (``None``: absent)."""
         changes: dict[str, dict[str, object]] = {}
@@ -199,7 +145,7 @@ class _Recorder:
             present = (old is not None and attr in old) or (new is not None and attr in new)
             if not present or (old is not None and new is not None and before == after):
                 continue
-            changes[name] = {"old": self._show(before, masked), "new": self._show(after, masked)}
+            changes[name] = {"old": self.show(before, masked), "new": self.show(after, masked)}
         if old is None:
             action = AuditAction.INSERT
         elif new is None:
@@ -214,16 +160,16 @@ class _Recorder:
                     action = AuditAction.SOFT_DELETE
                 elif was is not None and now is None:
                     action = AuditAction.RESTORE
-        return self._row(cols, key, action, changes)
+        return self.row(cols, key, action, changes)
 
-    def _row(
-        self, cols: _Columns, key: _Key | None, action: AuditAction, changes: dict[str, Any]
+    def row(
+        self, cols: AuditedColumns, key: Key | None, action: AuditAction, changes: dict[str, Any]
     ) -> dict[str, Any]:
         context = current_audit_context()
         return {
             "occurred_at": utcnow(),
             "table_name": cols.table,
-            "row_key": None if key is None else _row_key(key),
+            "row_key": None if key is None else row_key(key),
             "action": str(action),
             "actor": context.actor,
             "request_id": context.request_id,
@@ -240,26 +186,67 @@ class _Recorder:
 
     # -- the unit of work --------------------------------------------------------------------
 
+    def before_flush(self, session: Session, flush_context: UOWTransaction, _: object) -> None:
+        """Read the old values attribute history cannot give: columns that were expired (by a
+        commit, ``expire()``) or deferred, then set; and, for rows being deleted, columns not
+        loaded. One SELECT per mapper (per 500 rows), only when there are such columns."""
+        wanted: dict[Mapper[Any], tuple[list[Key], set[str]]] = {}
+        for instance, kind in _flushed(session):
+            state: InstanceState[Any] = inspect(instance)
+            cols = self.columns_of(state.mapper)
+            if cols is None or kind == "new" or state.key is None:
+                continue
+            missing = {
+                attr
+                for attr, _, _ in cols.columns
+                if (
+                    attr not in state.dict if kind == "deleted" else _old_value_unknown(state, attr)
+                )
+            }
+            if missing:
+                keys, attrs = wanted.setdefault(state.mapper, ([], set()))
+                keys.append(state.key[1])
+                attrs |= missing
+        preloaded: dict[tuple[Mapper[Any], Key], Values] = {}
+        if wanted:
+            with session.no_autoflush:
+                for mapper, (keys, attrs) in wanted.items():
+                    pk_keys = self.columns_of(mapper).pk_keys  # type: ignore[union-attr]
+                    value_keys = [*pk_keys, *sorted(attrs - set(pk_keys))]
+                    rows = read_rows(
+                        session, mapper, value_keys, key_attrs=pk_keys, keys=keys, lock=True
+                    )
+                    preloaded.update(((mapper, key), values) for key, values in rows.items())
+        session.info[self._preloaded_key] = preloaded
+
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        preloaded: dict[tuple[Mapper[Any], Key], Values] = session.info.pop(self._preloaded_key, {})
         entries: list[dict[str, Any]] = []
         for instance, kind in _flushed(session):
             state: InstanceState[Any] = inspect(instance)
             cols = self.columns_of(state.mapper)
             if cols is None:
                 continue
-            key = tuple(state.mapper.primary_key_from_instance(instance))
+            if state.key is not None and kind != "new":
+                key: Key = tuple(state.key[1])
+            else:
+                key = tuple(state.mapper.primary_key_from_instance(instance))
+            known = preloaded.get((state.mapper, key), {})
             loaded = {attr: state.dict[attr] for attr, _, _ in cols.columns if attr in state.dict}
             if kind == "new":
                 entry = self.entry(cols, key, None, loaded)
             elif kind == "deleted":
-                entry = self.entry(cols, key, loaded, None)
+                entry = self.entry(cols, key, {**known, **loaded}, None)
             else:
-                old: _Values = {}
-                new: _Values = {}
+                old: Values = {}
+                new: Values = {}
                 for attr, _, _ in cols.columns:
                     history = state.attrs[attr].history
                     if history.added or history.deleted:
-                        old[attr] = history.deleted[0] if history.deleted else None
+                        if history.deleted:
+                            old[attr] = history.deleted[0]
+                        else:
+                            old[attr] = known.get(attr)
                         new[attr] = history.added[0] if history.added else None
                 entry = self.entry(cols, key, old, new) if new else None
             if entry is not None:
@@ -279,7 +266,7 @@ class _Recorder:
         cols = self.columns_of(mapper)
         if cols is None:
             return None
-        bulk = _BulkStatement(self, state, mapper, cols)
+        bulk = BulkStatement(self, state, mapper, cols)
         return bulk.insert() if state.is_insert else bulk.update_or_delete()
 
 
@@ -325,12 +312,11 @@ def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction
     return False
 
 
-def _returns_rows(result: Result[Any]) -> bool:
-    try:
-        result.keys()
-    except ResourceClosedError:  # "This result object does not return rows"
-        return False
-    return True
+def _old_value_unknown(state: InstanceState[Any], attr: str) -> bool:
+    """Whether ``attr`` was changed without its old value being known (it was expired or
+    deferred when it was set): SQLAlchemy then keeps ``NO_VALUE`` as its committed value, and
+    attribute history has a new value and no old one (as it does when the old one was NULL)."""
+    return state.committed_state.get(attr) is NO_VALUE
 
 
 def _flushed(session: Session) -> Iterable[tuple[object, str]]:
@@ -341,146 +327,6 @@ def _flushed(session: Session) -> Iterable[tuple[object, str]]:
             yield instance, "dirty"
     for instance in session.deleted:
         yield instance, "deleted"
-
-
-class _BulkStatement:
-    """Recording one ORM-enabled bulk statement: read, run, read again, log the difference."""
-
-    def __init__(
-        self, recorder: _Recorder, state: ORMExecuteState, mapper: Mapper[Any], cols: _Columns
-    ) -> None:
-        self.recorder = recorder
-        self.state = state
-        self.mapper = mapper
-        self.cols = cols
-        self.session = state.session
-        entity = mapper.class_
-        self.pk_attrs = [getattr(entity, key) for key in cols.pk_keys]
-        self.value_keys = list(dict.fromkeys([*cols.pk_keys, *(a for a, _, _ in cols.columns)]))
-        self.opted_out = any(isinstance(o, IncludeDeleted) for o in state.user_defined_options)
-        self.lock = self.session.get_bind(mapper=mapper).dialect.name != "sqlite"
-
-    def _params(self) -> list[Mapping[str, Any]]:
-        params = self.state.parameters
-        if params is None:
-            return []
-        if isinstance(params, Mapping):
-            return [params]
-        return list(params)
-
-    def _select(self, where: Any, *, include: bool, lock: bool = False) -> dict[_Key, _Values]:
-        entity = self.mapper.class_
-        statement = sql_select(*(getattr(entity, key) for key in self.value_keys))
-        if where is not None:
-            statement = statement.where(where)
-        if include:
-            statement = statement.options(include_deleted())
-        if lock and self.lock:
-            statement = statement.with_for_update()
-        rows: dict[_Key, _Values] = {}
-        npk = len(self.cols.pk_keys)
-        for row in self.session.execute(statement):
-            values = dict(zip(self.value_keys, row, strict=True))
-            rows[tuple(row[:npk])] = values
-        return rows
-
-    def _by_keys(
-        self, attrs: Sequence[Any], keys: Sequence[_Key], *, include: bool, lock: bool = False
-    ) -> dict[_Key, _Values]:
-        rows: dict[_Key, _Values] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            if len(attrs) == 1:
-                where = attrs[0].in_([k[0] for k in chunk])
-            else:
-                where = sql_tuple(*attrs).in_(chunk)
-            rows.update(self._select(where, include=include, lock=lock))
-        return rows
-
-    def update_or_delete(self) -> Result[Any]:
-        params = self._params()
-        statement: Any = self.state.statement
-        if (
-            self.state.is_update
-            and params
-            and all(all(k in p for k in self.cols.pk_keys) for p in params)
-        ):
-            keys = [tuple(p[k] for k in self.cols.pk_keys) for p in params]
-            before = self._by_keys(self.pk_attrs, keys, include=self.opted_out, lock=True)
-        else:
-            before = self._select(statement.whereclause, include=self.opted_out, lock=True)
-        result = self.state.invoke_statement()
-        if self.state.is_update:
-            after = self._by_keys(self.pk_attrs, list(before), include=True)
-        else:
-            after = {}
-        entries = [
-            entry
-            for key, old in before.items()
-            if (entry := self.recorder.entry(self.cols, key, old, after.get(key))) is not None
-        ]
-        self.recorder.write(self.session, entries)
-        return result
-
-    def insert(self) -> Result[Any]:
-        params = self._params()
-        statement: Any = self.state.statement
-        key_names = self._key_names(params)
-        key_attrs = [getattr(self.mapper.class_, name) for name in key_names]
-        keys = [tuple(p[k] for k in key_names) for p in params] if key_names else []
-        before: dict[_Key, _Values] = {}
-        if keys:
-            before = self._rekey(self._by_keys(key_attrs, keys, include=True, lock=True), key_names)
-        result = self.state.invoke_statement()
-        after: dict[_Key, _Values] = {}
-        if _returns_rows(result):
-            # RETURNING (a repository's create_many and upsert return the model): read the
-            # rows, and hand the caller a fresh result over the same rows.
-            frozen = result.freeze()
-            for row in frozen().all():
-                instance = next((v for v in row if isinstance(v, self.mapper.class_)), None)
-                if instance is None:
-                    break
-                loaded = inspect(instance).dict
-                values = {a: loaded.get(a) for a in self.value_keys}
-                after[tuple(values[k] for k in key_names or self.cols.pk_keys)] = values
-            result = frozen()
-        if not after and keys:
-            after = self._rekey(self._by_keys(key_attrs, keys, include=True), key_names)
-        elif not after:
-            upsert = getattr(statement, "_post_values_clause", None) is not None
-            self.recorder.write(self.session, [self._unkeyed(p, upsert) for p in params])
-            return result
-        entries = []
-        for key, new in after.items():
-            pk = tuple(new[k] for k in self.cols.pk_keys)
-            entry = self.recorder.entry(self.cols, pk, before.get(key), new)
-            if entry is not None:
-                entries.append(entry)
-        self.recorder.write(self.session, entries)
-        return result
-
-    def _key_names(self, params: Sequence[Mapping[str, Any]]) -> list[str]:
-        """The columns that identify the inserted rows: the primary key if every row gives
-        it, else the statement's ``ormtune_audit_keys``, else none."""
-        if params and all(all(p.get(k) is not None for k in self.cols.pk_keys) for p in params):
-            return list(self.cols.pk_keys)
-        named = self.state.execution_options.get(AUDIT_KEYS_OPTION)
-        if named and params and all(all(k in p for k in named) for p in params):
-            return list(named)
-        return []
-
-    def _rekey(self, rows: dict[_Key, _Values], key_names: Sequence[str]) -> dict[_Key, _Values]:
-        return {tuple(v[k] for k in key_names): v for v in rows.values()}
-
-    def _unkeyed(self, values: Mapping[str, Any], upsert: bool) -> dict[str, Any]:
-        changes = {
-            name: {"old": None, "new": self.recorder._show(values[attr], masked)}
-            for attr, name, masked in self.cols.columns
-            if attr in values
-        }
-        action = AuditAction.UPSERT if upsert else AuditAction.INSERT
-        return self.recorder._row(self.cols, None, action, changes)
 
 
 _Target = type[Session] | Session | Callable[..., Session]
@@ -510,7 +356,7 @@ def record_audit_log(
         raise ConfigurationError(
             f"record_audit_log() needs a mapped class that uses AuditLogMixin, not {model!r}"
         )
-    recorder = _Recorder(
+    recorder = Recorder(
         model,
         tables=tables,
         exclude_tables=exclude_tables,
@@ -526,6 +372,7 @@ def record_audit_log(
         if not event.contains(target, name, writer):
             event.listen(target, name, writer)
     listeners: list[tuple[str, Callable[..., Any]]] = [
+        ("before_flush", recorder.before_flush),
         ("after_flush", recorder.after_flush),
         ("do_orm_execute", recorder.on_execute),
     ]

@@ -11,13 +11,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
     "AuditContext",
+    "actor",
     "audit_context",
     "current_actor",
     "current_audit_context",
@@ -37,6 +38,7 @@ class AuditContext:
 
 
 _EMPTY = AuditContext()
+_KEEP: Any = object()
 _context: ContextVar[AuditContext] = ContextVar("ormtune_audit_context", default=_EMPTY)
 
 
@@ -84,3 +86,19 @@ def audit_context(*, actor: object = None, request_id: str | None = None) -> Ite
         yield _context.get()
     finally:
         reset_audit_context(token)
+
+
+@contextmanager
+def actor(who: object, *, request_id: str | None = _KEEP) -> Iterator[AuditContext]:
+    """``with actor(user.id):`` attributes every write inside the block to ``who``, keeping
+    the request id already in force (unless ``request_id=`` is given).
+
+    It fits instrumentation's middleware as is:
+    ``OrmtuneMiddleware(app, actor=lambda scope: ..., actor_scope=ormtune.integrity.actor)``.
+    :class:`~ormtune.integrity.AuditContextMiddleware` sets actor and request id per request
+    without instrumentation.
+    """
+    if request_id is _KEEP:
+        request_id = _context.get().request_id
+    with audit_context(actor=who, request_id=request_id) as context:
+        yield context

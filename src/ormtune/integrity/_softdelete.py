@@ -9,7 +9,15 @@ loads of relationships, many-to-many included. :func:`include_deleted` is the op
 option that travels the same way, so relationships loaded from an opted-out statement are
 opted out too. Refreshes of expired instances, which SQLAlchemy keeps out of loader criteria,
 get the same condition as a WHERE clause, so a row soft-deleted since it was loaded reads as
-gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would.
+gone (``ObjectDeletedError``), exactly as a row hard-deleted elsewhere would. On SQLAlchemy
+2.0, whose has()/any() build their EXISTS outside the ORM, each EXISTS (nested ones too) gets
+the condition directly.
+
+A relationship whose ``secondary`` is the table of a class using the mixin (an association
+class) links only through live association rows: the condition is part of the relationship's
+secondary join from mapper configuration on, so every path through it has it.
+:func:`include_deleted` brings deleted links back with the rest: the condition is a construct
+that compiles to ``TRUE`` in a statement carrying the option.
 
 ``session.get()`` answers from the identity map without SQL and without any event, so a
 soft-deleted instance must not stay there: the flush that soft-deletes an instance (whichever
@@ -22,13 +30,16 @@ The listeners are installed when the first class using the mixin is defined.
 from __future__ import annotations
 
 import datetime
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
-from sqlalchemy import DateTime, Exists, Index, String, event, inspect, text
+from sqlalchemy import Boolean, DateTime, Exists, Index, Select, String, and_, event, inspect, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import (
     Mapped,
+    Mapper,
     ORMExecuteState,
     Session,
     UserDefinedOption,
@@ -36,11 +47,14 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import Alias, TableClause
 
 from ormtune.integrity._context import current_actor
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.orm import UOWTransaction
     from sqlalchemy.orm.util import LoaderCriteriaOption
 
@@ -98,17 +112,19 @@ def _filter_deleted(state: ORMExecuteState) -> None:
         option is criteria for option in getattr(statement, "_with_options", ())
     ):
         return
-    if _EXISTS_NEEDS_CRITERIA and state.is_select:
+    if _EXISTS_NEEDS_CRITERIA:
         statement = _filter_exists(statement)
     state.statement = statement.options(criteria)
 
 
 # SQLAlchemy 2.0 compiles the EXISTS of has() / any() outside the ORM, so loader criteria
-# never reach it (2.1 fixed that); on 2.0 the WHERE clause's EXISTS get the condition here.
+# never reach it (2.1 fixed that); on 2.0 each such EXISTS, at any depth, gets the condition
+# here.
 _EXISTS_NEEDS_CRITERIA = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
 
 
 def _soft_deletable_tables() -> set[tuple[str | None, str]]:
+    """(schema, name) of every table mapped by a class that uses :class:`SoftDeleteMixin`."""
     tables = set()
     pending: list[type] = [SoftDeleteMixin]
     while pending:
@@ -127,23 +143,117 @@ def _live_condition(element: object, tables: set[tuple[str | None, str]]) -> Any
     return None
 
 
+def _exists_conditions(exists: Exists, tables: set[tuple[str | None, str]]) -> list[Any]:
+    """The live-row conditions for the tables an EXISTS selects from itself (what has() and
+    any() put in its FROM: the target and any secondary), not those it correlates to."""
+    inner: Any = exists.element
+    while not isinstance(inner, Select) and hasattr(inner, "element"):
+        inner = inner.element
+    froms = getattr(inner, "_from_obj", ())
+    return [c for f in froms if (c := _live_condition(f, tables)) is not None]
+
+
+def _clauses(statement: Any) -> Iterator[Any]:
+    """Where has() / any() can be: WHERE, HAVING, ORDER BY, the columns, subqueries selected
+    from, join conditions.
+    Looking only there (tables are skipped) keeps this check cheap on every statement."""
+    if (where := getattr(statement, "whereclause", None)) is not None:
+        yield where
+    yield from getattr(statement, "_having_criteria", ())
+    yield from getattr(statement, "_order_by_clauses", ())
+    for element in (*getattr(statement, "_raw_columns", ()), *getattr(statement, "_from_obj", ())):
+        if not isinstance(element, TableClause):  # columns, subqueries, aliases of them
+            yield element
+    for join in getattr(statement, "_setup_joins", ()):
+        if join[1] is not None:
+            yield join[1]
+
+
 def _filter_exists(statement: Any) -> Any:
-    where = getattr(statement, "whereclause", None)
-    if where is None or not any(isinstance(e, Exists) for e in visitors.iterate(where)):
+    """SQLAlchemy 2.0 only: every has()/any() EXISTS in ``statement``, nested ones included
+    (which sit inside parts that replacement traversals must skip), filtered for live rows."""
+    found = [
+        element
+        for part in _clauses(statement)
+        for element in visitors.iterate(part)
+        if isinstance(element, Exists)
+    ]
+    if not found:
         return statement
     tables = _soft_deletable_tables()
+    if not any(_exists_conditions(e, tables) for e in found):
+        return statement
 
-    def replace(element: Any, **kw: Any) -> Any:
-        if not isinstance(element, Exists):
-            return None
-        conditions = [
-            condition
-            for child in visitors.iterate(element)
-            if (condition := _live_condition(child, tables)) is not None
-        ]
-        return element.where(*conditions) if conditions else None
+    def visit_unary(element: Any) -> None:
+        # cloned_traverse hands over a fresh copy whose inner EXISTS are already done
+        if isinstance(element, Exists) and (conditions := _exists_conditions(element, tables)):
+            element.element = element.where(*conditions).element
 
-    return visitors.replacement_traverse(statement, {}, replace)
+    return visitors.cloned_traverse(statement, {}, {"unary": visit_unary})
+
+
+_LINKS_FILTERED: weakref.WeakSet[object] = weakref.WeakSet()  # relationships already done
+
+
+class _LiveLink(FunctionElement[bool]):
+    """``<secondary>.deleted_at IS NULL`` in a relationship's secondary join; always true in a
+    statement that uses :func:`include_deleted` (which is part of the statement's cache key,
+    so the two never share a compiled form). A function element, so that SQLAlchemy's
+    aliasing of the join reaches the column inside."""
+
+    type = Boolean()
+    name = "ormtune_live_link"
+    inherit_cache = True
+
+
+@compiles(_LiveLink)
+def _compile_live_link(element: _LiveLink, compiler: Any, **kw: Any) -> str:
+    statement = getattr(compiler, "statement", None)
+    if any(isinstance(o, IncludeDeleted) for o in getattr(statement, "_with_options", ())):
+        return str(compiler.process(sqlalchemy.true(), **kw))
+    (column,) = element.clauses
+    return str(compiler.process(column.is_(None), **kw))
+
+
+def _filter_links(mapper: Mapper[Any], class_: type) -> None:
+    """``mapper_configured``: a relationship whose ``secondary`` is the table of a class that
+    uses :class:`SoftDeleteMixin` links only through live association rows.
+
+    The condition joins the relationship's secondary join, so every path that joins through
+    it has it: lazy, selectin, joined and subquery loads, ``any()``/``has()``, ``join()``; in
+    a statement with :func:`include_deleted` (relationship loads inherit it) it is true.
+    SQLAlchemy builds a lazy loader's clause when the relationship is initialised, just before
+    this event, so lazy loaders built from the old join are given the new one.
+    """
+    tables = _soft_deletable_tables()
+    for prop in mapper.relationships:
+        secondary = prop.secondary
+        if (
+            prop in _LINKS_FILTERED
+            or not isinstance(secondary, TableClause)
+            or (secondary.schema, secondary.name) not in tables
+            or "deleted_at" not in secondary.c
+        ):
+            continue
+        _LINKS_FILTERED.add(prop)
+        join = prop._join_condition
+        if join.secondaryjoin is None:
+            continue
+        join.secondaryjoin = and_(join.secondaryjoin, _LiveLink(secondary.c.deleted_at))
+        prop.secondaryjoin = join.secondaryjoin
+        strategies: dict[object, Any] = getattr(prop, "_strategies", {})
+        for strategy in strategies.values():
+            if hasattr(strategy, "_lazywhere"):
+                (
+                    strategy._lazywhere,
+                    strategy._bind_to_col,
+                    strategy._equated_columns,
+                ) = join.create_lazy_clause()
+                (
+                    strategy._rev_lazywhere,
+                    strategy._rev_bind_to_col,
+                    strategy._rev_equated_columns,
+                ) = join.create_lazy_clause(reverse_direction=True)
 
 
 def _note_soft_deletes(session: Session, flush_context: UOWTransaction) -> None:
@@ -190,6 +300,8 @@ def _install() -> None:
     for name, listener in _LISTENERS:
         if not event.contains(Session, name, listener):
             event.listen(Session, name, listener)
+    if not event.contains(Mapper, "mapper_configured", _filter_links):
+        event.listen(Mapper, "mapper_configured", _filter_links)
 
 
 class IncludeDeleted(UserDefinedOption):
