@@ -251,7 +251,7 @@ def test_no_finding_where_none_is_due(db: Engine) -> None:
 
 
 def test_allow_list_exempts_relationships_and_lines(db: Engine) -> None:
-    allowances: list[dict[str, tuple[str, ...]]] = [
+    allowances: list[dict[str, Any]] = [
         {"allow": ("User.payments",)},
         {"allow": ("User.*",)},
         {"allow_callsites": (f"*/{Path(__file__).name}:{_line_of('# loop: allowed')}",)},

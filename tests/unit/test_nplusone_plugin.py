@@ -233,14 +233,14 @@ def test_marker_checks_one_test_and_refines_the_option(pytester: pytest.Pytester
         (
             "nplusone(threshold=3)",
             "@pytest.mark.nplusone takes a mode and the keyword arguments allow, "
-            "allow_callsites, repeated_threshold, skip_modules, as in "
+            "allow_callsites, repeated_threshold, skip_modules, unused_eager, as in "
             "@pytest.mark.nplusone('raise', allow=('User.posts',)); "
             "got args=() kwargs={'threshold': 3}",
         ),
         (
             "nplusone('raise', mode='warn')",
             "@pytest.mark.nplusone takes a mode and the keyword arguments allow, "
-            "allow_callsites, repeated_threshold, skip_modules, as in "
+            "allow_callsites, repeated_threshold, skip_modules, unused_eager, as in "
             "@pytest.mark.nplusone('raise', allow=('User.posts',)); "
             "got args=('raise',) kwargs={'mode': 'warn'}",
         ),
