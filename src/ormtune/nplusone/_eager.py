@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import QueryContext
     from sqlalchemy.orm.state import InstanceState
 
+    from ormtune.nplusone._detection import Detection
     from ormtune.querylog import Cohort
 
 __all__ = [
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 _READS: Final = ("ormtune.nplusone", "reads")  # cohort.notes: keys of relationships read
-_EAGER: Final = ("ormtune.nplusone", "eager")  # cohort.notes: EagerLoad (or None) per class/path
+_CONTEXT: Final = ("ormtune.nplusone", "eager")  # QueryContext.attributes: what a query loaded
 
 
 class ReadTracking(InstrumentedAttribute[Any]):
@@ -213,37 +214,46 @@ def _eager_load(
         found.append(Eager(relationship, strategy, option=strategy != relationship.lazy))
     if not found:
         return None
-    reads: set[str] = cohort.notes.setdefault(_READS, set())
+    with cohort.lock:
+        reads: set[str] = cohort.notes.setdefault(_READS, set())
     return EagerLoad(tuple(found), reads)
 
 
 def _on_load(state: InstanceState[Any], context: QueryContext) -> None:
-    # Runs once per loaded instance while an unused-eager detection is open anywhere.
-    detections = [d for d in _hooks.scoped() if d.settings.unused_eager]
+    # Runs once per loaded instance while an unused-eager detection is open anywhere; one query
+    # is processed by one thread, so what it found is kept on its context without a lock.
+    found: tuple[tuple[Detection, ...], dict[object, EagerLoad | None]] | None
+    found = context.attributes.get(_CONTEXT)
+    if found is None:
+        watching = tuple(d for d in _hooks.scoped() if d.settings.unused_eager)
+        empty: dict[object, EagerLoad | None] = {}
+        found = context.attributes[_CONTEXT] = (watching, empty)
+    detections, loads = found
     if not detections:
         return
+    key = (state.load_path.path, state.mapper)
+    try:
+        load = loads[key]
+    except KeyError:
+        load = loads[key] = _first(state, context, detections)
+    if load is not None:
+        load.count += 1
+
+
+def _first(
+    state: InstanceState[Any], context: QueryContext, detections: tuple[Detection, ...]
+) -> EagerLoad | None:
+    """The eager loads of the first object of its class and path in a query, handed to the
+    detections watching (with the query's line, found once for all of them)."""
     cohort = cohort_of(state)
     if cohort is None:
-        return
-    key = (state.load_path.path, state.mapper)
-    new = False
-    with cohort.lock:
-        loads: dict[object, EagerLoad | None] | None = cohort.notes.get(_EAGER)
-        if loads is None:
-            loads = cohort.notes[_EAGER] = {}
-        if key in loads:
-            load = loads[key]
-        else:
-            load = loads[key] = _eager_load(state, context, cohort)
-            new = True
-        if load is None:
-            return
-        load.count += 1
-    if new:
-        # The query's line, found once for all the detections that watch this context.
+        return None
+    load = _eager_load(state, context, cohort)
+    if load is not None:
         callsites = _hooks.Callsites()
         for detection in detections:
             detection.on_eager_load(load, callsites)
+    return load
 
 
 def _install() -> None:
