@@ -32,9 +32,13 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 
+import ormtune
+from ormtune.backends import MemoryBackend
+from ormtune.caching import QueryCache
 from ormtune.nplusone import Finding, NPlusOneError, NPlusOneWarning, detect
 from ormtune.nplusone._eager import ReadTracking, tracked
 from ormtune.nplusone._hooks import hooked
+from ormtune.testing import assert_max_queries
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -404,3 +408,45 @@ async def test_async_unused_eager_load_names_the_awaiting_line(async_db: AsyncEn
     assert finding.callsite is not None
     assert finding.callsite.filename == __file__
     assert finding.callsite.lineno == _line_of("# query: async")
+
+
+def test_nested_options_name_their_own_loader(db: Engine) -> None:
+    statement = select(Author).options(selectinload(Author.books).subqueryload(Book.publisher))
+    with detect("log", unused_eager=True) as detection, Session(db) as s:
+        authors = s.scalars(statement).all()
+        assert authors[0].books  # Author.books used, Book.publisher not
+
+    [finding] = detection.findings
+    assert (finding.relationship, finding.count) == ("Book.publisher", AUTHORS * BOOKS_EACH)
+    assert finding.fix == "subqueryload(Book.publisher)"
+
+
+def test_objects_loaded_without_a_query_are_not_judged(db: Engine) -> None:
+    with Session(db) as s:
+        detached = s.scalars(select(Author).options(selectinload(Author.books))).all()
+    with detect("raise", unused_eager=True) as detection, Session(db) as s:
+        merged = [s.merge(author, load=False) for author in detached]
+        assert len(merged) == AUTHORS
+    assert detection.findings == []
+
+
+def test_cache_hits_and_autoload_work_under_it(db: Engine) -> None:
+    statement = (
+        select(Author).order_by(Author.id).options(selectinload(Author.books), ormtune.cache())
+    )
+    # The cache's hook goes after the detection's (QueryCache.install() explains why).
+    with detect("raise", unused_eager=True) as detection, QueryCache(MemoryBackend()):
+        for _ in range(2):  # the first run teaches the cache the statement, the second fills it
+            with Session(db) as s:
+                expected = _titles(s.scalars(statement).all())
+        with Session(db) as s, assert_max_queries(0):
+            hit = s.scalars(statement).all()  # objects made without a query: not judged
+            assert len(hit) == AUTHORS
+    assert detection.findings == []
+
+    watched = detect("raise", unused_eager=True)
+    with ormtune.autoload(Author.books), watched as detection, Session(db) as s:
+        authors = s.scalars(select(Author).order_by(Author.id)).all()
+        # The first read loads every author's books (autoload's own selectinload).
+        assert _titles(authors) == expected
+    assert detection.findings == []

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import InstrumentedAttribute, instance_state
+from sqlalchemy.orm.path_registry import PathRegistry
 
 from ormtune.nplusone import _hooks
 from ormtune.nplusone._findings import STRATEGY_OPTIONS
@@ -174,13 +175,20 @@ def _lazy(strategy_key: object) -> str | None:
     return None
 
 
-def _from_row(relationship: RelationshipProperty[Any], context: QueryContext, path: Any) -> str:
+def _from_row(
+    relationship: RelationshipProperty[Any], context: QueryContext, state: InstanceState[Any]
+) -> str:
     """The strategy that loaded ``relationship`` from the rows (joined or subquery): the
-    query's loader option for it if it has one, as ``StrategizedProperty`` looks it up, else
-    the mapping's."""
+    query's loader option for it if it has one, looked up as ``StrategizedProperty`` does
+    (private API, so any surprise falls back to the mapping's), else the mapping's."""
+    strategy: str | None = None
     lookup: Callable[[Any, Any], Any] | None = getattr(relationship, "_get_context_loader", None)
-    loader = lookup(context, path) if lookup is not None else None
-    strategy = _lazy(getattr(loader, "strategy", None)) or relationship.lazy
+    current = getattr(getattr(context.compile_state, "current_path", None), "path", None)
+    if lookup is not None and isinstance(current, tuple):
+        # A post-load query (selectinload's) keys its options from its own root entity.
+        path = PathRegistry.coerce(state.load_path.path[len(current) :])
+        strategy = _lazy(getattr(lookup(context, path), "strategy", None))
+    strategy = strategy or str(relationship.lazy)
     return strategy if strategy in ("joined", "subquery", "noload") else "joined"
 
 
@@ -208,7 +216,7 @@ def _eager_load(
     for relationship in state.mapper.relationships:
         strategy = post_loaded.get(relationship)
         if strategy is None and relationship.key in loaded:
-            strategy = _from_row(relationship, context, state.load_path)
+            strategy = _from_row(relationship, context, state)
         if strategy not in STRATEGY_OPTIONS or not _descriptors.track(relationship):
             continue
         found.append(Eager(relationship, strategy, option=strategy != relationship.lazy))
@@ -219,9 +227,11 @@ def _eager_load(
     return EagerLoad(tuple(found), reads)
 
 
-def _on_load(state: InstanceState[Any], context: QueryContext) -> None:
+def _on_load(state: InstanceState[Any], context: QueryContext | None) -> None:
     # Runs once per loaded instance while an unused-eager detection is open anywhere; one query
     # is processed by one thread, so what it found is kept on its context without a lock.
+    if context is None:
+        return  # loaded without a query (Session.merge(load=False), a cache hit)
     found: tuple[tuple[Detection, ...], dict[object, EagerLoad | None]] | None
     found = context.attributes.get(_CONTEXT)
     if found is None:
