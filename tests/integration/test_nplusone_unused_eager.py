@@ -39,6 +39,7 @@ from ormtune.nplusone import Finding, NPlusOneError, NPlusOneWarning, detect
 from ormtune.nplusone._eager import ReadTracking, tracked
 from ormtune.nplusone._hooks import hooked
 from ormtune.testing import assert_max_queries
+from tests.nplusone_support import async_seeded, line_of, seeded, where
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -124,26 +125,14 @@ def _authors() -> list[Author]:
 def db(engine: Engine) -> Iterator[Engine]:
     """The ``engine`` fixture's database with this module's tables: 4 authors (every second
     one a Poet), 2 books each, one award each, one publisher, one sponsor."""
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(_authors())
-        session.commit()
-    yield engine
-    Base.metadata.drop_all(engine)
+    with seeded(engine, Base.metadata, _authors):
+        yield engine
 
 
 @pytest_asyncio.fixture
 async def async_db(async_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    async with async_engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
-    async with AsyncSession(async_engine) as session:
-        session.add_all(_authors())
-        await session.commit()
-    yield async_engine
-    async with async_engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
+    async with async_seeded(async_engine, Base.metadata, _authors):
+        yield async_engine
 
 
 @pytest.fixture(autouse=True)
@@ -157,14 +146,11 @@ def _nothing_left_behind() -> Iterator[None]:
 
 
 def _line_of(marker: str) -> int:
-    """The line number, in this file, of the line containing ``marker``."""
-    with open(__file__) as source:
-        lines = enumerate(source, start=1)
-        return next(n for n, line in lines if marker in line and "_line_of" not in line)
+    return line_of(__file__, marker)
 
 
 def _where(marker: str) -> str:
-    return f"{Path(__file__).relative_to(Path.cwd())}:{_line_of(marker)}"
+    return where(__file__, marker)
 
 
 def _titles(authors: Sequence[Author]) -> list[list[str]]:

@@ -24,8 +24,23 @@ key in the reading object's cohort. The objects stay the same objects (``User.po
 User.posts``, options, caches and the mapper see no change), and the last detection to close
 switches every one back, so nothing is left behind: the cost is one extra Python call and two
 dictionary look-ups per read of a tracked relationship while a detection watches, and nothing
-at all otherwise (docs/benchmarks.md). Relationships whose descriptor is not a plain
-``InstrumentedAttribute`` (a custom instrumentation) are not judged.
+at all otherwise (docs/benchmarks.md). During the block ``type(User.posts)`` is the subclass
+(``isinstance`` checks and statement cache keys are unchanged).
+
+Limits, each erring towards no finding except the last two:
+
+* relationships whose descriptor is not a plain ``InstrumentedAttribute`` (a custom
+  instrumentation) are not judged;
+* only objects a query creates are judged: objects the session already held that the query
+  returned again keep the cohort of the query that first loaded them, and ``populate_existing``
+  refreshes are not judged;
+* two private SQLAlchemy details are read, each with a fallback: ``QueryContext.post_load_paths``
+  (what selectin/immediate loads a path will run) and ``_get_context_loader`` (which option
+  named a joined/subquery load, for the fix's wording; without it the mapping's strategy, or
+  ``joinedload``, is named);
+* a read made on an object after a later ``populate_existing`` query moved it into its own
+  cohort does not count for the first query;
+* a class mapped while a block is open gets no read-noting attribute until the next block.
 """
 
 from __future__ import annotations
@@ -76,7 +91,11 @@ class ReadTracking(InstrumentedAttribute[Any]):
         if instance is None:
             return self
         value = InstrumentedAttribute.__get__(self, instance, owner)
-        cohort = cohort_of(instance_state(instance))
+        try:
+            state = instance_state(instance)
+        except AttributeError:  # an object without ORM state that __get__ still answered
+            return value
+        cohort = cohort_of(state)
         if cohort is not None:
             reads: set[str] | None = cohort.notes.get(_READS)
             if reads is not None:
