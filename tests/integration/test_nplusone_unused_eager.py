@@ -228,6 +228,8 @@ def test_no_finding_where_none_is_due(db: Engine) -> None:
         assert isinstance(authors[-1], Poet)
         [publisher] = s.scalars(select(Publisher)).all()
         assert publisher.catalogue  # the mapping's selectin, read
+        awards = s.scalars(select(Award)).all()
+        assert awards[-1].sponsor.name == "fund"  # the mapping's joined, read
         # Read through inspect() and getattr(): used.
         books = s.scalars(select(Book).options(joinedload(Book.author))).unique().all()
         assert inspect(books[0]).attrs.author.value is not None
@@ -319,6 +321,12 @@ def test_modes_and_allow_lists(db: Engine, caplog: pytest.LogCaptureFixture) -> 
     with detect("raise") as detection:  # unused_eager is off by default: nothing switched
         query()
         assert tracked() == []
+    assert detection.findings == []
+
+    with detect("off", unused_eager=True) as detection:  # off is off
+        query()
+        assert tracked() == []
+        assert not hooked()
     assert detection.findings == []
 
 
