@@ -11,6 +11,9 @@
 * ``--ormtune-nplusone=raise|warn|log|off`` (or the ``ormtune_nplusone`` ini option): every
   test's body is checked; ``@pytest.mark.nplusone("off")`` exempts a test. Findings are listed
   at the end of the run.
+* ``--ormtune-unused-eager`` (or ``ormtune_unused_eager = true``): the checks also report
+  unused eager loads, as ``detect(unused_eager=True)`` does, when the test's body ends
+  (``@pytest.mark.nplusone(unused_eager=...)`` decides for one test).
 
 Cohort tracking is on for the whole test (set-up included) wherever N+1 checks apply, so
 objects loaded by fixtures count. A marker with bad arguments stops the run at collection,
@@ -39,10 +42,19 @@ if TYPE_CHECKING:
 
 _MARKER = "max_queries"
 _NPLUSONE = "nplusone"
-_NPLUSONE_ARGS = ("mode", "allow", "allow_callsites", "repeated_threshold", "skip_modules")
+_NPLUSONE_ARGS = (
+    "mode",
+    "allow",
+    "allow_callsites",
+    "repeated_threshold",
+    "skip_modules",
+    "unused_eager",
+)
 _INI = "ormtune_nplusone"
+_INI_EAGER = "ormtune_unused_eager"
 
 _suite_mode = pytest.StashKey[str]()
+_suite_eager = pytest.StashKey[bool]()
 _item_settings = pytest.StashKey[Settings | None]()
 _findings = pytest.StashKey[list[tuple[str, list[Finding]]]]()
 
@@ -57,8 +69,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="check every test's body for N+1 and repeated queries: raise (fail the test), "
         f"warn, log or off (default: the {_INI} ini option, else off)",
     )
+    group.addoption(
+        "--ormtune-unused-eager",
+        action="store_true",
+        default=None,
+        dest="ormtune_unused_eager",
+        help="N+1 checks also report relationships loaded eagerly and never read (default: "
+        f"the {_INI_EAGER} ini option, else no)",
+    )
     parser.addini(
         _INI, "N+1 checks for every test: off (default), log, warn or raise", default="off"
+    )
+    parser.addini(
+        _INI_EAGER,
+        "N+1 checks also report unused eager loads: true or false (default)",
+        type="bool",
+        default=False,
     )
 
 
@@ -70,9 +96,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        f"{_NPLUSONE}(mode='raise', allow=(), allow_callsites=(), repeated_threshold=5): "
-        "check the test's body for N+1 and repeated queries, as ormtune.nplusone.detect() "
-        "does; nplusone('off') exempts a test from --ormtune-nplusone; from ormtune",
+        f"{_NPLUSONE}(mode='raise', allow=(), allow_callsites=(), repeated_threshold=5, "
+        "unused_eager=False): check the test's body for N+1 and repeated queries (and unused "
+        "eager loads), as ormtune.nplusone.detect() does; nplusone('off') exempts a test from "
+        "--ormtune-nplusone; from ormtune",
     )
     mode = config.getoption("ormtune_nplusone") or config.getini(_INI)
     if mode not in MODES:
@@ -81,6 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"the {_INI} ini option must be one of {choices}, but was given {mode!r}"
         )
     config.stash[_suite_mode] = mode
+    eager = config.getoption("ormtune_unused_eager")
+    config.stash[_suite_eager] = bool(config.getini(_INI_EAGER) if eager is None else eager)
     config.stash[_findings] = []
 
 
@@ -104,12 +133,19 @@ def _budget_of(item: pytest.Item) -> tuple[int, bool] | None:
 def _nplusone_of(item: pytest.Item) -> Settings | None:
     """The N+1 settings for the test's body: its marker's over the run's; None when off."""
     suite = item.config.stash.get(_suite_mode, "off")
+    eager = item.config.stash.get(_suite_eager, False)
     marker = item.get_closest_marker(_NPLUSONE)
     if marker is None:
         if suite == "off":
             return None
         return settings(
-            suite, (), (), DEFAULT_REPEATED_THRESHOLD, (), caller=f"--ormtune-nplusone={suite}"
+            suite,
+            (),
+            (),
+            DEFAULT_REPEATED_THRESHOLD,
+            (),
+            caller=f"--ormtune-nplusone={suite}",
+            unused_eager=eager,
         )
     arguments = dict(marker.kwargs)
     unknown = sorted(set(arguments) - set(_NPLUSONE_ARGS))
@@ -129,6 +165,7 @@ def _nplusone_of(item: pytest.Item) -> Settings | None:
             arguments.get("repeated_threshold", DEFAULT_REPEATED_THRESHOLD),
             arguments.get("skip_modules", ()),
             caller=f"@pytest.mark.{_NPLUSONE}",
+            unused_eager=arguments.get("unused_eager", eager),
         )
     except (TypeError, OrmtuneError) as exc:
         raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
@@ -219,8 +256,9 @@ def assert_num_queries() -> Callable[..., QueryBudget]:
 @pytest.fixture
 def assert_no_nplusone() -> Generator[Callable[..., Detection]]:
     """``with assert_no_nplusone(allow=(...)):`` fails the test at the second lazy load of an
-    N+1 (and, at the end of the block, on repeated queries). Cohort tracking is on from this
-    fixture's set-up, so objects loaded before the block count too."""
+    N+1 (and, at the end of the block, on repeated queries, and with ``unused_eager=True`` on
+    unused eager loads). Cohort tracking is on from this fixture's set-up, so objects loaded
+    before the block count too."""
     track_cohorts()
     try:
         yield _assert_no_nplusone

@@ -33,6 +33,7 @@ from ormtune.nplusone import Detection, Finding, NPlusOneError, NPlusOneWarning,
 from ormtune.nplusone._findings import BATCH_ADVICE
 from ormtune.nplusone._hooks import hooked
 from ormtune.querylog import StatementKind
+from tests.nplusone_support import async_seeded, line_of, seeded, where
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -87,38 +88,22 @@ def _users() -> list[User]:
 @pytest.fixture
 def db(engine: Engine) -> Iterator[Engine]:
     """The ``engine`` fixture's database with this module's tables: 5 users, 2 payments each."""
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add_all(_users())
-        session.commit()
-    yield engine
-    Base.metadata.drop_all(engine)
+    with seeded(engine, Base.metadata, _users):
+        yield engine
 
 
 @pytest_asyncio.fixture
 async def async_db(async_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    async with async_engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
-    async with AsyncSession(async_engine) as session:
-        session.add_all(_users())
-        await session.commit()
-    yield async_engine
-    async with async_engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
+    async with async_seeded(async_engine, Base.metadata, _users):
+        yield async_engine
 
 
 def _line_of(marker: str) -> int:
-    """The line number, in this file, of the line containing ``marker``."""
-    with open(__file__) as source:
-        lines = enumerate(source, start=1)
-        return next(n for n, line in lines if marker in line and "_line_of" not in line)
+    return line_of(__file__, marker)
 
 
 def _where(marker: str) -> str:
-    """How a call-site on the line with ``marker`` prints (relative to the working directory)."""
-    return f"{Path(__file__).relative_to(Path.cwd())}:{_line_of(marker)}"
+    return where(__file__, marker)
 
 
 def test_n_plus_one_raises_at_the_second_lazy_load_inside_the_loop(db: Engine) -> None:
@@ -251,7 +236,7 @@ def test_no_finding_where_none_is_due(db: Engine) -> None:
 
 
 def test_allow_list_exempts_relationships_and_lines(db: Engine) -> None:
-    allowances: list[dict[str, tuple[str, ...]]] = [
+    allowances: list[dict[str, Any]] = [
         {"allow": ("User.payments",)},
         {"allow": ("User.*",)},
         {"allow_callsites": (f"*/{Path(__file__).name}:{_line_of('# loop: allowed')}",)},

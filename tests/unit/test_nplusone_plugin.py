@@ -233,14 +233,14 @@ def test_marker_checks_one_test_and_refines_the_option(pytester: pytest.Pytester
         (
             "nplusone(threshold=3)",
             "@pytest.mark.nplusone takes a mode and the keyword arguments allow, "
-            "allow_callsites, repeated_threshold, skip_modules, as in "
+            "allow_callsites, repeated_threshold, skip_modules, unused_eager, as in "
             "@pytest.mark.nplusone('raise', allow=('User.posts',)); "
             "got args=() kwargs={'threshold': 3}",
         ),
         (
             "nplusone('raise', mode='warn')",
             "@pytest.mark.nplusone takes a mode and the keyword arguments allow, "
-            "allow_callsites, repeated_threshold, skip_modules, as in "
+            "allow_callsites, repeated_threshold, skip_modules, unused_eager, as in "
             "@pytest.mark.nplusone('raise', allow=('User.posts',)); "
             "got args=('raise',) kwargs={'mode': 'warn'}",
         ),
@@ -328,3 +328,101 @@ def test_the_marker_and_option_are_documented(pytester: pytest.Pytester) -> None
     )
     result = pytester.runpytest("-p", "no:asyncio", "--help")
     result.stdout.fnmatch_lines(["*--ormtune-nplusone=*", "*check every test's body for N+1*"])
+
+
+UNUSED_EAGER = """
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+import pytest
+from conftest import User
+
+def test_unread(session):
+    users = session.scalars(select(User).options(selectinload(User.posts))).all()
+    assert len(users) == 3
+
+def test_read(session):
+    users = session.scalars(select(User).options(selectinload(User.posts))).all()
+    assert users[0].posts
+
+@pytest.mark.nplusone(unused_eager=False)
+def test_exempt(session):
+    session.scalars(select(User).options(selectinload(User.posts))).all()
+
+def test_fixture(session, assert_no_nplusone):
+    with assert_no_nplusone(unused_eager=True):
+        session.scalars(select(User).options(selectinload(User.posts))).all()
+"""
+
+UNREAD = [
+    "Unused eager load: User.posts loaded for 3 User objects and never read",
+    "  at test_eager.py:{line} in {function}",
+    "  fix: remove selectinload(User.posts) from this query's options; "
+    "raiseload(User.posts) in its place finds code that reads it",
+]
+
+
+def test_option_reports_unused_eager_loads_at_the_end_of_the_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_eager=UNUSED_EAGER)
+    result = pytester.runpytest(
+        "-p", "no:asyncio", "--ormtune-nplusone=raise", "--ormtune-unused-eager"
+    )
+    result.assert_outcomes(failed=2, passed=2)
+    unread = [line.format(line=7, function="test_unread") for line in UNREAD]
+    result.stdout.fnmatch_lines(
+        # Raised when the body ends, so pytest shows the report under the test's call.
+        ["E   ormtune.exceptions.NPlusOneError: " + unread[0], *("*" + x for x in unread[1:])],
+        consecutive=True,
+    )
+    fixture = [line.format(line=20, function="test_fixture") for line in UNREAD]
+    result.stdout.fnmatch_lines(
+        [
+            "*= ormtune N+1 findings =*",
+            "test_eager.py::test_unread",
+            *("  " + line for line in unread),
+        ],
+        consecutive=True,
+    )
+    result.stdout.fnmatch_lines(["E   ormtune.exceptions.NPlusOneError: " + fixture[0]])
+
+    # Without the flag, the same suite checks N+1s only; the fixture still asks for them.
+    result = pytester.runpytest("-p", "no:asyncio", "--ormtune-nplusone=raise")
+    result.assert_outcomes(failed=1, passed=3)
+
+
+def test_ini_option_and_marker_turn_unused_eager_checks_on(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini("[pytest]\normtune_nplusone = log\normtune_unused_eager = true\n")
+    pytester.makepyfile(test_eager=UNUSED_EAGER)
+    result = pytester.runpytest("-p", "no:asyncio")
+    result.assert_outcomes(failed=1, passed=3)  # log mode: only the fixture (raise) fails
+    result.stdout.fnmatch_lines(["2 N+1 findings in 2 tests"])
+
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(
+        test_marker="""
+        import pytest
+        from sqlalchemy import select
+        from sqlalchemy.orm import selectinload
+        from conftest import User
+
+        @pytest.mark.nplusone(unused_eager=True)
+        def test_marked(session):
+            session.scalars(select(User).options(selectinload(User.posts))).all()
+
+        @pytest.mark.nplusone(unused_eager="yes")
+        def test_bad(session):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:asyncio", "test_marker.py")
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: test_marker.py::test_bad: @pytest.mark.nplusone unused_eager must be True or "
+            "False, but was given 'yes' (of type str)"
+        ]
+    )
+    result = pytester.runpytest("-p", "no:asyncio", "test_marker.py::test_marked")
+    result.assert_outcomes(failed=1)

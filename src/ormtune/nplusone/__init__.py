@@ -24,17 +24,20 @@ What is reported, per unit of work (a :func:`detect` block: a request, a test):
   ``repeated_threshold`` times or more (default 5) and not already part of an N+1: lookups in a
   loop, reads of ``dynamic`` / ``write_only`` relationships, lazy loads on objects that were
   loaded one at a time.
+* **Unused eager load** (``kind="unused-eager"``, with ``detect(unused_eager=True)``): a
+  relationship one query loaded eagerly (``joinedload``, ``selectinload``, ``subqueryload``,
+  ``immediateload``, or the mapping's ``lazy=``) and read on none of its objects by the end of
+  the block; the finding names the query's line and the option to drop (or ``lazy="select"``).
+  SQLAlchemy has no event for reading a loaded attribute (``InstrumentedAttribute.__get__``
+  returns it straight from the instance ``__dict__``), so while such a block is open, and only
+  then, the class attributes of the relationships queries actually loaded eagerly are switched
+  to a read-noting subclass (same objects, same values) and switched back when the last such
+  block closes; ``_eager.py`` says why the supported extension points do not fit.
 
-Not reported: eager loads (``joinedload``, ``selectinload``, ``subqueryload``) whose
-relationship is never read. Telling that needs an event when a loaded attribute is read, and
-SQLAlchemy has none: a loaded value is returned straight from the instance ``__dict__`` by the
-attribute descriptor, with no hook, and the one public way to replace the descriptors,
-``sqlalchemy.ext.instrumentation``, works by rebinding ORM module globals, which is the
-monkeypatching ormtune does not do.
-
-:func:`install` turns detection on for a whole process (N+1s only; repeated queries need a
-:func:`detect` block). The pytest plugin adds ``--ormtune-nplusone=raise|warn|log``, the
-``nplusone`` marker and the ``assert_no_nplusone`` fixture.
+:func:`install` turns detection on for a whole process (N+1s only; repeated queries and unused
+eager loads need a :func:`detect` block). The pytest plugin adds
+``--ormtune-nplusone=raise|warn|log`` and ``--ormtune-unused-eager``, the ``nplusone`` marker
+and the ``assert_no_nplusone`` fixture.
 """
 
 from ormtune.exceptions import NPlusOneError, NPlusOneWarning

@@ -8,6 +8,10 @@ cohort and a process-wide detection keeps nothing per object.
 Repeated queries are decided per unit of work: SELECTs are grouped by fingerprint and
 call-site, and a group with ``repeated_threshold`` statements or more is a finding, not
 counting lazy loads that are part of an N+1 (they are reported once, as that N+1).
+
+Unused eager loads (``detect(unused_eager=True)``) are decided per unit of work too: each query
+that loaded relationships eagerly is noted with its line (``_eager.py`` finds them and tracks
+reads), and a relationship that no object of that query was read for is a finding.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from ormtune.exceptions import NPlusOneError, NPlusOneWarning
-from ormtune.nplusone import _hooks
+from ormtune.nplusone import _eager, _hooks
 from ormtune.nplusone._findings import (
     BATCH_ADVICE,
     Finding,
     FindingKind,
     describe,
+    eager_fix,
     loader_option,
     relationship_name,
 )
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm.state import InstanceState
 
+    from ormtune.nplusone._eager import EagerLoad
     from ormtune.nplusone._hooks import Callsites, LazyMark
     from ormtune.querylog import CallSite, Cohort, LazyLoad
 
@@ -117,6 +123,7 @@ class Detection:
 
     __slots__ = (
         "_cohorts",
+        "_eager",
         "_groups",
         "_lock",
         "_notes_key",
@@ -137,6 +144,7 @@ class Detection:
         self._patterns: dict[tuple[object, ...], _Pattern] = {}
         self._groups: dict[tuple[str, CallSite | None], _Group] = {}
         self._cohorts: weakref.WeakSet[Cohort] = weakref.WeakSet()  # holding our tallies
+        self._eager: list[tuple[EagerLoad, CallSite | None, int]] = []  # with line and order
         self._state: Literal["new", "open", "closed"] = "new"
         self._token: Token[tuple[Detection, ...]] | None = None
 
@@ -162,6 +170,8 @@ class Detection:
                 _hooks.install(self)
             else:
                 _hooks.acquire()
+                if self.settings.unused_eager:
+                    _eager.acquire()
                 self._token = _hooks.push(self)
         self._state = "open"
         return self
@@ -188,6 +198,8 @@ class Detection:
             if token is not None:
                 _hooks.pop(self, token)
         finally:
+            if self.settings.unused_eager:
+                _eager.release()
             _hooks.release()
         self._forget_tallies()
         self._conclude(may_raise=may_raise)
@@ -232,6 +244,7 @@ class Detection:
         out. Repeated queries count up to the moment of asking."""
         with self._lock:
             self._update_repeated()
+            self._update_unused()
             patterns = sorted(self._patterns.values(), key=lambda pattern: pattern.order)
             return [pattern.finding() for pattern in patterns if not pattern.allowed]
 
@@ -246,6 +259,8 @@ class Detection:
         __tracebackhide__ = True
         with self._lock:
             self._update_repeated()
+            self._update_unused()
+            self._eager.clear()  # concluded: later reads no longer change the findings
             pending = sorted(
                 (p for p in self._patterns.values() if not p.allowed and not p.reported),
                 key=lambda pattern: pattern.order,
@@ -376,6 +391,42 @@ class Detection:
             else:
                 group.lazy.append(mark)
 
+    def on_eager_load(self, load: EagerLoad, callsites: Callsites) -> None:
+        """Note a query's eager loads (called in the query's context, at its first object)."""
+        callsite = callsites.get(self.settings.skip_modules)
+        with self._lock:
+            self._eager.append((load, callsite, next(self._order)))
+
+    def _update_unused(self) -> None:
+        """Rebuild the unused-eager patterns from the eager loads and the reads so far (one per
+        relationship, fix and line). Called with the lock held."""
+        if not self._eager:
+            return
+        earlier = {k: p for k, p in self._patterns.items() if p.kind == "unused-eager"}
+        for key in earlier:
+            del self._patterns[key]
+        for load, callsite, order in self._eager:
+            for eager in load.relationships:
+                if eager.relationship.key in load.reads:
+                    continue
+                name = relationship_name(eager.relationship)
+                fix = eager_fix(eager.relationship, eager.strategy, option=eager.option)
+                key = ("unused-eager", name, fix, callsite)
+                pattern = self._patterns.get(key)
+                if pattern is None:
+                    before = earlier.get(key)
+                    pattern = self._patterns[key] = _Pattern(
+                        order=order,
+                        kind="unused-eager",
+                        relationship=name,
+                        callsite=callsite,
+                        fingerprint=None,
+                        fix=fix,
+                        allowed=self.settings.allows(name, callsite),
+                        reported=before is not None and before.reported,
+                    )
+                pattern.count += load.count
+
     def _update_repeated(self) -> None:
         """Turn groups at or over the threshold into (or update) repeated-query patterns.
         Called with the lock held."""
@@ -418,6 +469,7 @@ def detect(
     allow_callsites: Iterable[str] = (),
     repeated_threshold: int | None = DEFAULT_REPEATED_THRESHOLD,
     skip_modules: Iterable[str] = (),
+    unused_eager: bool = False,
 ) -> Detection:
     """Watch a block of code for N+1 queries and repeated queries: ``with detect(...) as d:``.
 
@@ -434,9 +486,24 @@ def detect(
     ``"User.*"``), ``allow_callsites`` exempts lines of code, matched with fnmatch against
     ``"file:line"`` and ``"file:function"`` (``"*/reports.py:*"``); ``skip_modules`` adds
     module prefixes to skip, like a data-access layer, when finding the loop's line.
+
+    ``unused_eager=True`` also reports relationships that a query in the block loaded eagerly
+    (``joinedload``, ``selectinload``, ``subqueryload``, ``immediateload``, by option or by the
+    mapping's ``lazy=``) and that were read on none of its objects by the end of the block,
+    with the query's line. Reads are tracked by switching the relationship's attribute to a
+    read-noting subclass while such a block is open (see ``ormtune.nplusone``); ``"raise"``
+    raises for them when the block ends.
     """
     return Detection(
-        settings(mode, allow, allow_callsites, repeated_threshold, skip_modules, caller="detect()")
+        settings(
+            mode,
+            allow,
+            allow_callsites,
+            repeated_threshold,
+            skip_modules,
+            caller="detect()",
+            unused_eager=unused_eager,
+        )
     )
 
 

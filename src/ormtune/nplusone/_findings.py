@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,16 +15,29 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTOLOAD",
     "BATCH_ADVICE",
+    "STRATEGY_OPTIONS",
     "Finding",
     "FindingKind",
     "describe",
+    "eager_fix",
     "loader_option",
     "relationship_name",
 ]
 
-FindingKind = Literal["n+1", "repeated"]
+FindingKind = Literal["n+1", "repeated", "unused-eager"]
 """``"n+1"``: one relationship lazy-loaded for several objects one query loaded.
-``"repeated"``: one SELECT run again and again from one line (not an N+1 lazy load)."""
+``"repeated"``: one SELECT run again and again from one line (not an N+1 lazy load).
+``"unused-eager"``: a relationship a query loaded eagerly and nothing read."""
+
+STRATEGY_OPTIONS: Final = {
+    "joined": "joinedload",
+    "selectin": "selectinload",
+    "subquery": "subqueryload",
+    "immediate": "immediateload",
+}
+"""The eager loader strategies (``relationship(lazy=...)``) and the option of each."""
+
+_MAPPED_FIX = 'lazy="select"'
 
 AUTOLOAD = "ormtune.autoload()"
 BATCH_ADVICE = (
@@ -48,16 +61,27 @@ def loader_option(relationship: RelationshipProperty[Any]) -> str:
     return f".options({strategy}({relationship_name(relationship)}))"
 
 
+def eager_fix(relationship: RelationshipProperty[Any], strategy: str, *, option: bool) -> str:
+    """What to change for an unused eager load: the loader option to drop
+    (``selectinload(User.posts)``) or, for a mapping's default, ``lazy="select"``."""
+    if option:
+        return f"{STRATEGY_OPTIONS[strategy]}({relationship_name(relationship)})"
+    return _MAPPED_FIX
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One pattern of wasted queries, where it happens and how to fix it.
 
     ``relationship`` is ``"Class.attribute"`` for lazy loads (None for a repeated statement
-    that is not one); ``count`` is how many statements the pattern cost; ``callsite`` is the
-    line of application code inside the loop; ``fingerprint`` is the SQL statement's shape;
-    ``fix`` is the change that removes it: the loader option as code
-    (``.options(selectinload(User.posts))``) when there is one, otherwise a sentence.
-    ``str(finding)`` is the full, readable report.
+    that is not one); ``count`` is how many statements the pattern cost (for an unused eager
+    load: how many objects it was loaded for); ``callsite`` is the line of application code
+    inside the loop (for an unused eager load: the line that ran the query); ``fingerprint``
+    is the SQL statement's shape (None for unused eager loads); ``fix`` is the change that
+    removes it: the loader option as code (``.options(selectinload(User.posts))``; for an
+    unused eager load, the option to drop, ``selectinload(User.posts)``, or ``lazy="select"``
+    for a mapping's default) when there is one, otherwise a sentence. ``str(finding)`` is the
+    full, readable report.
     """
 
     kind: FindingKind
@@ -84,6 +108,12 @@ class Finding:
                 f"N+1 query: {self.relationship} lazy-loaded {times}, "
                 f"once per {self.owner} loaded by the same query"
             )
+        if self.kind == "unused-eager":
+            objects = "object" if self.count == 1 else "objects"
+            return (
+                f"Unused eager load: {self.relationship} loaded for {self.count} {self.owner} "
+                f"{objects} and never read"
+            )
         if self.relationship is not None:
             return (
                 f"Repeated query: {self.relationship} lazy-loaded {times} from one line, "
@@ -98,6 +128,17 @@ class Finding:
             return (
                 f"add {self.fix} to the query that loads the {self.owner} objects, "
                 f"or enable {AUTOLOAD}"
+            )
+        if self.kind == "unused-eager":
+            finder = f"raiseload({self.relationship})"
+            if self.fix == _MAPPED_FIX:
+                return (
+                    f"set {self.fix} on {self.relationship} (or add .options(lazyload("
+                    f"{self.relationship})) to this query); {finder} finds code that reads it"
+                )
+            return (
+                f"remove {self.fix} from this query's options; {finder} in its place finds "
+                f"code that reads it"
             )
         if self.relationship is not None:
             return f"load the {self.owner} objects with one query, with {self.fix}"

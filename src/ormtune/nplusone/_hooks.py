@@ -55,6 +55,7 @@ __all__ = [
     "pop",
     "push",
     "release",
+    "scoped",
     "uninstall",
 ]
 
@@ -101,6 +102,11 @@ _installed: Detection | None = None
 _lock = threading.Lock()
 _users = 0
 _observation: Observation | None = None
+
+
+def scoped() -> tuple[Detection, ...]:
+    """The ``detect()`` blocks open in this context, outermost first."""
+    return _scoped.get()
 
 
 def _active() -> tuple[Detection, ...]:

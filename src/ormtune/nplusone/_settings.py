@@ -19,7 +19,7 @@ Mode = Literal["off", "log", "warn", "raise"]
 """``off``: nothing is recorded. ``log``: each finding is logged to the ``ormtune.nplusone``
 logger at WARNING. ``warn``: each finding is an :class:`~ormtune.exceptions.NPlusOneWarning`
 at the line of the loop. ``raise``: :class:`~ormtune.exceptions.NPlusOneError`, at the second
-lazy load for an N+1, at the end of the block for repeated queries."""
+lazy load for an N+1, at the end of the block for repeated queries and unused eager loads."""
 
 MODES: Final[tuple[Mode, ...]] = ("off", "log", "warn", "raise")
 
@@ -38,6 +38,7 @@ class Settings:
     allow_callsites: tuple[str, ...]
     repeated_threshold: int | None
     skip_modules: tuple[str, ...]
+    unused_eager: bool = False
 
     def allows(self, relationship: str | None, callsite: CallSite | None) -> bool:
         """Whether the allow-lists exempt a finding on ``relationship`` at ``callsite``."""
@@ -124,6 +125,14 @@ def _threshold(value: object, caller: str) -> int | None:
     return value
 
 
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{what} must be True or False, but was given {value!r} (of type {_type_name(value)})"
+        )
+    return value
+
+
 def settings(
     mode: object,
     allow: object,
@@ -132,6 +141,7 @@ def settings(
     skip_modules: object,
     *,
     caller: str,
+    unused_eager: object = False,
 ) -> Settings:
     """Check every argument, raising ``TypeError`` for a wrong type and
     :class:`~ormtune.exceptions.ConfigurationError` for a value ormtune cannot use; ``caller``
@@ -142,4 +152,5 @@ def settings(
         allow_callsites=_strings(allow_callsites, f"{caller} allow_callsites", "*/reports.py:*"),
         repeated_threshold=_threshold(repeated_threshold, caller),
         skip_modules=_strings(skip_modules, f"{caller} skip_modules", "myapp.repositories"),
+        unused_eager=_flag(unused_eager, f"{caller} unused_eager"),
     )

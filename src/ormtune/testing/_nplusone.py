@@ -19,6 +19,7 @@ def assert_no_nplusone(
     allow_callsites: Iterable[str] = (),
     repeated_threshold: int | None = DEFAULT_REPEATED_THRESHOLD,
     skip_modules: Iterable[str] = (),
+    unused_eager: bool = False,
 ) -> Detection:
     """Fail the block on an N+1 or a repeated query: ``with assert_no_nplusone(): ...``.
 
@@ -26,6 +27,8 @@ def assert_no_nplusone(
     :class:`~ormtune.exceptions.NPlusOneError` at its second lazy load, inside the loop;
     repeated queries raise it when the block ends. Objects must be loaded while cohort tracking
     is on (the pytest fixture of the same name turns it on for the whole test).
+    ``unused_eager=True`` also fails it, when it ends, on relationships loaded eagerly in it
+    and never read.
     """
     return Detection(
         settings(
@@ -35,5 +38,6 @@ def assert_no_nplusone(
             repeated_threshold,
             skip_modules,
             caller="assert_no_nplusone()",
+            unused_eager=unused_eager,
         )
     )
