@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 import ormtune
 from ormtune.backends import MemoryBackend
 from ormtune.caching import active_cache
-from ormtune.testing import assert_num_queries
+from ormtune.testing import assert_max_queries, assert_num_queries
 from tests.models import User, sample_users
 
 if TYPE_CHECKING:
@@ -70,3 +70,25 @@ def test_a_failing_part_leaves_nothing_installed(engine: Engine) -> None:
 def test_bad_cache_argument_is_refused() -> None:
     with pytest.raises(TypeError, match="cache must be"):
         ormtune.install(cache="redis://nowhere")  # type: ignore[arg-type]
+
+
+def test_the_cache_serves_whatever_order_lazy_load_hooks_were_installed_in(
+    engine: Engine,
+) -> None:
+    # install() puts N+1 detection after the cache, and an autoload() scope opened later comes
+    # after both: hooks that only act on lazy loads must not turn the cache off.
+    with Session(engine) as session:
+        session.add_all(sample_users(3))
+        session.commit()
+    with (
+        ormtune.install(engine, cache=MemoryBackend(), nplusone="log") as installation,
+        ormtune.autoload(),
+    ):
+        cached_names(engine)
+        cached_names(engine)
+        with assert_num_queries(0):
+            assert cached_names(engine) == ["user 0", "user 1", "user 2"]
+        with assert_max_queries(3):  # and autoload still batches the loop (plain: 1 + 3)
+            titles(engine)
+        assert installation.cache is not None
+        assert not installation.cache.stats.overall.bypasses

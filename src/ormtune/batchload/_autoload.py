@@ -22,6 +22,7 @@ from ormtune.querylog import (
     Registration,
     SharedHooks,
     lazy_load_of,
+    lazy_loads_only,
     track_cohorts,
     untrack_cohorts,
 )
@@ -78,6 +79,7 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     return None
 
 
+@lazy_loads_only
 def _on_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
     found = _settings_for(orm_state)
     if found is None:

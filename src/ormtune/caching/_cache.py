@@ -59,7 +59,13 @@ from ormtune.caching._tokens import (
 )
 from ormtune.caching._writes import Snapshot, WriteTracker, isolation_of
 from ormtune.exceptions import CacheBackendError, ConfigurationError
-from ormtune.querylog import Cohort, analyze, fingerprint, tracking_cohorts
+from ormtune.querylog import (
+    Cohort,
+    acts_on_lazy_loads_only,
+    analyze,
+    fingerprint,
+    tracking_cohorts,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -280,7 +286,9 @@ class QueryCache:
             return None
         name = option.name or _UNNAMED
         reason = _bypass_reason(state)
-        if reason is None and state._remaining_events():
+        if reason is None and any(
+            not acts_on_lazy_loads_only(hook) for hook in state._remaining_events()
+        ):
             # A do_orm_execute hook after this one may change the statement (criteria for a
             # tenant, say); a hit would skip it. Install the cache after such hooks.
             reason = "do_orm_execute hooks run after the cache"

@@ -32,6 +32,7 @@ from ormtune.querylog import (
     StatementKind,
     find_callsite,
     lazy_load_of,
+    lazy_loads_only,
     observe,
     track_cohorts,
     untrack_cohorts,
@@ -117,6 +118,7 @@ def _active() -> tuple[Detection, ...]:
     return () if installed is None else (installed,)
 
 
+@lazy_loads_only
 def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
     """Count each lazy load with the active detections, then run it (see the module doc)."""
     detections = _active()

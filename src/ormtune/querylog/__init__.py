@@ -23,6 +23,7 @@ from ormtune.querylog._cohorts import (
 from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryGroup, QueryLog
+from ormtune.querylog._ormhooks import acts_on_lazy_loads_only, lazy_loads_only
 from ormtune.querylog._signals import (
     AutoloadBatch,
     CacheEvent,
@@ -53,6 +54,7 @@ __all__ = [
     "Signal",
     "StatementInfo",
     "StatementKind",
+    "acts_on_lazy_loads_only",
     "analyze",
     "capture",
     "cohort_of",
@@ -60,6 +62,7 @@ __all__ = [
     "find_callsite",
     "fingerprint",
     "lazy_load_of",
+    "lazy_loads_only",
     "listening",
     "observe",
     "observe_signals",
