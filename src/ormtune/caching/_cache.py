@@ -29,7 +29,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.caching import _codec
 from ormtune.caching._flight import SingleFlight
-from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
+from ormtune.caching._materialize import NotFresh, mapper_name, propagated, rebuild, serialise
 from ormtune.caching._option import CacheOption
 from ormtune.caching._recording import (
     fresh_states,
@@ -349,7 +349,7 @@ class QueryCache:
             self._stats.bypass(name, "cache backend unavailable")
             return None
         if lookup.value is not None:
-            result = self._serve(lookup.value, shape, session, name, key)
+            result = self._serve(lookup.value, shape, state, name, key)
             if result is not None:
                 return result
         if in_greenlet():  # asyncio: waiting here would block the event loop
@@ -362,7 +362,7 @@ class QueryCache:
                 self._failed(name, exc)
                 return None
             if again.value is not None:
-                result = self._serve(again.value, shape, session, name, key)
+                result = self._serve(again.value, shape, state, name, key)
                 if result is not None:
                     return result
             return self._fill(state, shape, name, key, tokens, again.versions, option)
@@ -372,10 +372,10 @@ class QueryCache:
             self._flights.land(key)
 
     def _serve(
-        self, data: bytes, shape: Shape, session: Session, name: str, key: str
+        self, data: bytes, shape: Shape, state: ORMExecuteState, name: str, key: str
     ) -> Result[Any] | None:
         try:
-            rows, states = rebuild(data, shape, session)
+            rows, states = rebuild(data, shape, state.session, propagated(state.statement))
         except _codec.Undecodable:
             self._stats.bypass(name, "undecodable entry")
             try:
@@ -413,9 +413,9 @@ class QueryCache:
             self._stats.reject(name, "statement read tables it had not read before")
             return frozen()
         try:
-            data = serialise(list(frozen.data), shape, fresh)
-        except NotFresh:
-            self._stats.reject(name, "objects were already in the session")
+            data = serialise(list(frozen.data), shape, fresh, propagated(state.statement))
+        except NotFresh as exc:
+            self._stats.reject(name, str(exc))
             return frozen()
         except _codec.Unencodable as exc:
             self._stats.reject(name, str(exc))
