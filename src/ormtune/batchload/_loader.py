@@ -1,12 +1,15 @@
 """The batch load: on the first lazy load of a relationship in a cohort, load it for the cohort.
 
-SQLAlchemy's own ``selectinload`` does the loading, so the object graph is exactly what
-``selectinload`` gives (identities, per-parent ``order_by``, secondary tables, inheritance,
-composite keys). It needs parent rows to hang the children on, so the batch re-selects the
-cohort's parents by primary key with ``selectinload(R)``: for objects already in the identity
-map SQLAlchemy only fills in what is not loaded, and ``selectinload`` skips every parent whose
-``R`` is already loaded, so nothing the application set is ever overwritten. The lazy load that
-triggered the batch is then answered from what the batch loaded, without SQL of its own.
+A one-to-many that ``selectinload`` would load without the parents is loaded directly from the
+children's table (``_direct.py``), unless a member has expired attributes. Every other shape
+takes the re-select path: SQLAlchemy's own ``selectinload`` does the loading, so the object
+graph is exactly what ``selectinload`` gives (identities, per-parent ``order_by``, secondary
+tables, inheritance, composite keys). It needs parent rows to hang the children on, so the
+batch re-selects the cohort's parents by primary key with ``selectinload(R)``: for objects
+already in the identity map SQLAlchemy only fills in what is not loaded, and ``selectinload``
+skips every parent whose ``R`` is already loaded, so nothing the application set is ever
+overwritten. The lazy load that triggered the batch is then answered from what the batch
+loaded, without SQL of its own.
 """
 
 from __future__ import annotations
