@@ -129,13 +129,13 @@ def test_every_object_gets_the_options_and_path_of_the_uncached_query(
     db: Engine, qc: QueryCache, eager: Any
 ) -> None:
     """Eagerly loaded objects get their nested path (``User -> payments -> Payment``)."""
-    option = include_deleted()
+    options = (include_deleted(), cache())  # the same objects each time: compared by identity
 
     def read(session: Session) -> list[tuple[Any, ...]]:
         statement = (
             select(User)
             .order_by(User.id)
-            .options(option, eager(User.payments).joinedload(Payment.job), cache())
+            .options(options[0], eager(User.payments).joinedload(Payment.job), options[1])
         )
         users = session.scalars(statement).unique().all()
         objects: list[Any] = [*users, *(p for u in users for p in u.payments)]

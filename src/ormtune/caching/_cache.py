@@ -301,7 +301,7 @@ class QueryCache:
 
     def _on_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
         option = _cache_option(state)
-        if option is None or not state.is_select or state.is_relationship_load:
+        if option is None or not state.is_select or _loads_for_objects(state):
             return None
         name = option.name or _UNNAMED
         reason = _bypass_reason(state)
@@ -654,6 +654,20 @@ def _cache_option(state: ORMExecuteState) -> CacheOption | None:
     return None
 
 
+def _loads_for_objects(state: ORMExecuteState) -> bool:
+    """Statements that carry the option because objects of a cached statement do, and that
+    the cache leaves alone: SQLAlchemy's relationship loads, refreshes of expired attributes,
+    and statements that re-select objects already in the session (an autoload batch marks
+    them ``reselects_loaded_objects``), whose results are never stored."""
+    if state.is_relationship_load:
+        return True
+    if getattr(state.load_options, "_refresh_state", None) is not None:
+        return True
+    return any(
+        getattr(opt, "reselects_loaded_objects", False) for opt in state.user_defined_options
+    )
+
+
 def _bypass_reason(state: ORMExecuteState) -> str | None:
     options = state.execution_options
     load_options = state.load_options
@@ -667,8 +681,6 @@ def _bypass_reason(state: ORMExecuteState) -> str | None:
         or getattr(load_options, "_yield_per", None)
     ):
         return "yield_per / streaming"
-    if getattr(load_options, "_refresh_state", None) is not None:
-        return "refresh"
     if not getattr(state.statement, "_propagate_attrs", {}).get("compile_state_plugin"):
         return "not an ORM statement"
     return None
