@@ -184,3 +184,27 @@ def test_lazy_loads_of_single_objects_and_refreshes_stay_uncached(
     assert read(2) == expected
     stats = qc.stats[NAME]
     assert (stats.hits, stats.misses, stats.bypasses, stats.rejected) == (1, 2, {}, {})
+
+
+async def test_async_session_warm_request_runs_no_query(
+    db: Engine, backend: Backend, qc: QueryCache, autoloading: None
+) -> None:
+    """Under asyncio (the loops run in ``run_sync``, where lazy loads may run) a warm request
+    runs no query either."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(backend.async_url)
+
+    async def read(cached: bool) -> list[Any]:
+        async with AsyncSession(engine) as session:
+            return await session.run_sync(graph, cached)
+
+    try:
+        control = await read(cached=False)
+        assert await read(cached=True) == control
+        assert await read(cached=True) == control
+        async with ormtune.capture() as log:
+            assert await read(cached=True) == control
+        assert log.count == 0
+    finally:
+        await engine.dispose()
