@@ -150,6 +150,40 @@ def test_batches_of_objects_from_uncached_statements_stay_uncached(
     assert qc.stats.by_name == {}
 
 
+def payments_with_parents(engine: Engine, queries: int, cached: bool) -> list[Any]:
+    """Payments and their many-to-one parents (job, then the job's client, and the payer)."""
+    with Session(engine) as session, assert_num_queries(queries):
+        statement = select(Payment).order_by(Payment.id)
+        if cached:
+            statement = statement.options(cache(name=NAME))
+        return [
+            (p.id, p.job.title if p.job else None, p.job.client.name if p.job else None, p.user.id)
+            for p in session.scalars(statement)
+        ]
+
+
+def test_many_to_one_batches_are_cached_and_invalidated_by_key(
+    db: Engine, qc: QueryCache, autoloading: None
+) -> None:
+    """A many-to-one batch selects the targets by key from their table; ``p.user`` finds its
+    users in the identity map (loaded by ``job.client``), so costs nothing."""
+    control = payments_with_parents(db, 3, cached=False)
+    assert payments_with_parents(db, 3, cached=True) == control
+    assert payments_with_parents(db, 3, cached=True) == control
+    assert payments_with_parents(db, 0, cached=True) == control
+    with Session(db) as session:
+        job = session.get(Job, 21)
+        assert job is not None
+        job.title = "renamed"
+        session.commit()
+    after = payments_with_parents(db, 1, cached=True)  # the jobs batch: it held job 21
+    assert after == payments_with_parents(db, 3, cached=False)
+    assert [row for row in after if row[1] == "renamed"] == [
+        (107, "renamed", "user 2", 2),
+        (108, "renamed", "user 2", 2),
+    ]
+
+
 def test_many_to_many_batches_re_select_the_parents_and_are_never_stored(
     db: Engine, qc: QueryCache, autoloading: None
 ) -> None:
