@@ -84,7 +84,8 @@ def test_targets_in_the_identity_map_are_taken_from_it(db: Engine) -> None:
     def walk(session: Session) -> list[Any]:
         ten = session.get(Job, 10)
         twelve = session.get(Job, 12)
-        assert ten is not None and twelve is not None
+        assert ten is not None
+        assert twelve is not None
         session.expire(twelve)  # expired: selected again, as a lazy load would refresh it
         return jobs_of(select(Payment).order_by(Payment.id))(session)
 
