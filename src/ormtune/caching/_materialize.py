@@ -10,7 +10,9 @@ On a hit, objects are rebuilt the way SQLAlchemy's loader builds them (``loading
 an identity already in the session's identity map is returned as it is, never overwritten;
 a new one is created persistent and clean, its eager relationships set, the column
 attributes the query did not load expired (so reading them loads them), and the ``load``
-event fired as ``Session.merge(load=False)`` fires it, with no query context.
+event fired as ``Session.merge(load=False)`` fires it, with no query context. The decoding
+and checking of an entry is a :class:`Plan`, which a :class:`PlanMemo` keeps for the next hit
+on the same bytes when nothing in it can change.
 
 Like ``loading.py``, a hit gives each new object the statement's options that propagate to
 loaders (``state.load_options``) and the path it was loaded at (``state.load_path``: the
@@ -336,11 +338,6 @@ class PlanMemo:
                 plans[memo_key] = plan
                 self._bytes += size
         return plan
-
-    def clear(self) -> None:
-        with self._lock:
-            self._plans.clear()
-            self._bytes = 0
 
 
 def rebuild(
