@@ -195,7 +195,7 @@ def batch_load(
             plan,
             members,
             _direct_options(lazy, settings),
-            settings.chunk_size,
+            min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
             # SQLAlchemy autoflushes after the do_orm_execute hooks: the batch flushes (or
             # not) where the lazy load it replaces would have.
             {"autoflush": _autoflushes(orm_state), **shared_cohort()},
