@@ -200,7 +200,7 @@ def batch_load(
             plan,
             members,
             _direct_options(lazy, settings),
-            settings.chunk_size,
+            min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
             execution_options,
             orm_state.bind_arguments,
         )
@@ -210,7 +210,7 @@ def batch_load(
         targets,
         members,
         _direct_options(lazy, settings),
-        settings.chunk_size,
+        min(settings.chunk_size, _MAX_PARAMETERS // targets.key_width),
         execution_options,
         orm_state.bind_arguments,
     ):
