@@ -139,3 +139,15 @@ def environment(extra: Mapping[str, str] | None = None) -> str:
 def command_line() -> str:
     """The command that made the figures, as someone at the repository root would type it."""
     return shlex.join([os.path.relpath(sys.executable), *sys.argv])
+
+
+def print_report(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], extra: Mapping[str, str]
+) -> None:
+    """The table as text and as Markdown, then where and how it was made."""
+    print(text_table(headers, rows))
+    print()
+    print(markdown_table(headers, rows))
+    print()
+    print(environment(extra))
+    print(f"command: {command_line()}")

@@ -26,15 +26,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from _harness import (
-    DEFAULT_POSTGRES,
-    command_line,
-    environment,
-    markdown_table,
-    median,
-    scratch_postgres,
-    text_table,
-)
+from _harness import DEFAULT_POSTGRES, median, print_report, scratch_postgres
 from sqlalchemy import ForeignKey, Numeric, String, create_engine, event, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import (
@@ -278,12 +270,7 @@ def main() -> None:
         per_query = median(times[name])
         rows.append([name, f"{per_query * 1e6:.0f}", f"{base / per_query:.1f}x"])
     headers = ["variant (10 entities, PostgreSQL)", "µs per query (median)", "faster than no cache"]
-    print(text_table(headers, rows))
-    print()
-    print(markdown_table(headers, rows))
-    print()
-    print(f"{environment({'rounds': str(args.rounds), 'queries/round': str(PER_ROUND)})}")
-    print(f"command: {command_line()}")
+    print_report(headers, rows, {"rounds": str(args.rounds), "queries/round": str(PER_ROUND)})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +30,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.caching import _codec
 from ormtune.caching._flight import SingleFlight
-from ormtune.caching._materialize import NotFresh, mapper_name, rebuild, serialise
+from ormtune.caching._materialize import NotFresh, PlanMemo, mapper_name, rebuild, serialise
 from ormtune.caching._option import CacheOption
 from ormtune.caching._recording import (
     fresh_states,
@@ -68,7 +69,7 @@ from ormtune.querylog import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from sqlalchemy import Table
     from sqlalchemy.engine import FrozenResult, Result
@@ -118,6 +119,9 @@ class QueryCache:
     ``namespace`` and ``schema_version`` go into every key: bump ``schema_version`` (or leave
     it ``None`` to use a fingerprint of the mapped tables' columns, the default) when a deploy
     changes what rows look like, and entries written by the old code are never read.
+
+    ``max_decoded_bytes`` bounds the entries (by their stored size) whose decoded form is kept
+    for the next hit on the same bytes; 0 decodes on every hit.
     """
 
     def __init__(
@@ -130,9 +134,14 @@ class QueryCache:
         fine_dependencies: bool = True,
         error_log_interval: float = 30.0,
         single_flight_timeout: float = 30.0,
+        max_decoded_bytes: int = 4 << 20,
     ) -> None:
         if max_entry_bytes < 1:
             raise ConfigurationError(f"max_entry_bytes must be positive, was {max_entry_bytes}")
+        if max_decoded_bytes < 0:
+            raise ConfigurationError(
+                f"max_decoded_bytes must be 0 or more, was {max_decoded_bytes}"
+            )
         self.backend = backend
         self.namespace = namespace
         self.default_ttl = default_ttl
@@ -147,6 +156,9 @@ class QueryCache:
         self._pending_lock = threading.Lock()
         self._last_error_log = -float("inf")
         self._flights = SingleFlight()
+        self._plans = PlanMemo(max_decoded_bytes)
+        self._entry_keys: dict[tuple[Any, ...], tuple[Shape, frozenset[str], Any, str]] = {}
+        self._entry_keys_lock = threading.Lock()
         self._warned_hooks = False
         self.single_flight_timeout = single_flight_timeout
 
@@ -328,11 +340,11 @@ class QueryCache:
         if self._recovering():
             self._stats.bypass(name, "cache backend recovering")
             return None
-        tokens, values = self._tokens(shape, state, cache_key, option.name)
-        key = self._key(bind_id, translate, shape, values)
-        if key is None:
+        found = self._entry_key(shape, state, cache_key, option.name, bind_id, translate)
+        if found is None:
             self._stats.bypass(name, "parameters cannot be part of a key")
             return None
+        tokens, key = found
         try:
             repeatable = self._repeatable_snapshot(session, bind, engine)
             if repeatable is not None and (
@@ -375,7 +387,7 @@ class QueryCache:
         self, data: bytes, shape: Shape, session: Session, name: str, key: str
     ) -> Result[Any] | None:
         try:
-            rows, states = rebuild(data, shape, session)
+            rows, states = rebuild(data, shape, session, self._plans)
         except _codec.Undecodable:
             self._stats.bypass(name, "undecodable entry")
             try:
@@ -399,7 +411,7 @@ class QueryCache:
         shape: Shape,
         name: str,
         key: str,
-        tokens: list[Token],
+        tokens: Sequence[Token],
         versions: tuple[int, ...],
         option: CacheOption,
     ) -> Result[Any]:
@@ -533,18 +545,42 @@ class QueryCache:
                 "registering such hooks (soft delete, tenancy filters) to put it last"
             )
 
-    def _tokens(
+    def _entry_key(
         self,
         shape: Shape,
         state: ORMExecuteState,
         cache_key: Any,
         name: str | None,
-    ) -> tuple[list[Token], list[Any]]:
-        parameters: Any = state.parameters or {}
-        mapping = dict(getattr(cache_key, "params", None) or {})  # Executable.params()
-        if isinstance(parameters, dict):
-            mapping.update(parameters)
-        values = [mapping.get(bind.key, bind.effective_value) for bind in cache_key.bindparams]
+        bind_id: str,
+        translate: Any,
+    ) -> tuple[Sequence[Token], str] | None:
+        """The tokens an entry of ``shape`` with this execution's parameters depends on, and
+        its key; ``None`` when a parameter value has no stable text form.
+
+        Both are a function of the shape (its bind and translate map included), its groups,
+        the cache name and the parameter values, so they are remembered per shape for values
+        whose equality is exact (see :func:`_exact_values`) and derived again otherwise.
+        """
+        values, extra = _parameter_values(state, cache_key)
+        exact = _exact_values(values, extra)
+        if exact is not None:
+            memo_key = (id(shape), self.namespace, name, exact)
+            known = self._entry_keys.get(memo_key)
+            if known is not None and known[0] is shape and known[1] is shape.groups:
+                return known[2], known[3]
+        tokens = self._tokens(shape, values, name)
+        key = self._key(bind_id, translate, shape, [values, extra])
+        if key is None:
+            return None
+        if exact is not None:
+            with self._entry_keys_lock:
+                memo = self._entry_keys
+                if len(memo) >= _ENTRY_KEYS and memo_key not in memo:
+                    del memo[next(iter(memo))]  # the oldest; a bound, not a policy
+                memo[memo_key] = (shape, shape.groups, tokens, key)
+        return tokens, key
+
+    def _tokens(self, shape: Shape, values: list[Any], name: str | None) -> tuple[Token, ...]:
         tokens: list[Token] = []
         fine_members: list[str] | None = None
         if shape.fine:
@@ -569,11 +605,7 @@ class QueryCache:
         tokens.append(EVERYTHING)
         if name is not None:
             tokens.append(name_token(name))
-        bound = {b.key for b in cache_key.bindparams}
-        extra: list[Any] = [(k, v) for k, v in sorted(mapping.items()) if k not in bound]
-        if not isinstance(parameters, dict):
-            extra.append(parameters)
-        return tokens, [values, extra]
+        return tuple(tokens)
 
     def _key(self, bind_id: str, translate: Any, shape: Shape, values: list[Any]) -> str | None:
         """The entry's key, or ``None`` when a parameter value has no stable text form."""
@@ -631,6 +663,59 @@ def _bypass_reason(state: ORMExecuteState) -> str | None:
     if not getattr(state.statement, "_propagate_attrs", {}).get("compile_state_plugin"):
         return "not an ORM statement"
     return None
+
+
+def _parameter_values(state: ORMExecuteState, cache_key: Any) -> tuple[list[Any], list[Any]]:
+    """The statement's bound values in cache-key order (an execution parameter of the same
+    name overrides a bound value), and the execution parameters no bound value names."""
+    parameters: Any = state.parameters or {}
+    mapping = dict(getattr(cache_key, "params", None) or {})  # Executable.params()
+    if isinstance(parameters, dict):
+        mapping.update(parameters)
+    bindparams = cache_key.bindparams
+    values = [mapping.get(bind.key, bind.effective_value) for bind in bindparams]
+    extra: list[Any] = []
+    if mapping:
+        bound = {b.key for b in bindparams}
+        extra = [(k, v) for k, v in sorted(mapping.items()) if k not in bound]
+    if not isinstance(parameters, dict):
+        extra.append(parameters)
+    return values, extra
+
+
+# Types whose ``==`` implies the same encoded text (so the same entry key), as long as the
+# type is part of the comparison: not float (-0.0 == 0.0), Decimal (1.0 == 1.00) or datetime
+# (equal instants in different time zones), whose keys are always derived afresh.
+_EXACT: frozenset[type] = frozenset({int, str, bool, type(None), uuid.UUID})
+_ENTRY_KEYS = 16_384
+
+
+def _exact_values(values: list[Any], extra: list[Any]) -> tuple[Any, ...] | None:
+    """A hashable form of the parameter values that equals another one only if every value
+    has the same type and an equal value, so both give one key; ``None`` when a value is of
+    another type (its key is derived on every execution)."""
+    out: list[Any] = [len(values)]
+    for value in values:
+        if not _exact(value, out):
+            return None
+    for item in extra:
+        if type(item) is not tuple or type(item[0]) is not str or not _exact(item[1], out):
+            return None
+        out.append(item[0])
+    return tuple(out)
+
+
+def _exact(value: Any, out: list[Any]) -> bool:
+    kind = type(value)
+    if kind in _EXACT:
+        out.append(kind)
+        out.append(value)
+        return True
+    if kind is list or kind is tuple:
+        out.append(kind)
+        out.append(len(value))
+        return all(_exact(item, out) for item in value)
+    return False
 
 
 def _hashable(value: Any) -> Any:

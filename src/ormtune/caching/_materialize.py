@@ -10,15 +10,24 @@ On a hit, objects are rebuilt the way SQLAlchemy's loader builds them (``loading
 an identity already in the session's identity map is returned as it is, never overwritten;
 a new one is created persistent and clean, its eager relationships set, the column
 attributes the query did not load expired (so reading them loads them), and the ``load``
-event fired as ``Session.merge(load=False)`` fires it, with no query context.
+event fired as ``Session.merge(load=False)`` fires it, with no query context. The decoding
+and checking of an entry is a :class:`Plan`, which a :class:`PlanMemo` keeps for the next hit
+on the same bytes when nothing in it can change.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
+import ipaddress
+import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import attributes
+from sqlalchemy.orm.base import instance_dict, instance_state
 
 from ormtune.caching import _codec
 
@@ -27,7 +36,7 @@ if TYPE_CHECKING:
 
     from ormtune.caching._shape import Shape
 
-__all__ = ["NotFresh", "mapper_name", "rebuild", "serialise"]
+__all__ = ["NotFresh", "Plan", "PlanMemo", "mapper_name", "rebuild", "serialise"]
 
 
 class NotFresh(Exception):
@@ -43,12 +52,13 @@ class _Layout:
     """How objects of one mapper are laid out in an entry: which column attributes, in
     which order (the ones the query loaded), and what a hit must expire (the rest)."""
 
-    __slots__ = ("identity_class", "keys", "mapper", "unloaded")
+    __slots__ = ("identity_class", "keys", "mapper", "new_instance", "unloaded")
 
     def __init__(self, mapper: Mapper[Any], keys: tuple[str, ...]) -> None:
         self.mapper = mapper
         self.keys = keys
         self.identity_class = mapper._identity_class
+        self.new_instance = mapper.class_manager.new_instance
         self.unloaded = [p.key for p in mapper.column_attrs if p.key not in set(keys)]
 
 
@@ -131,44 +141,157 @@ def _members(collection: Any) -> list[Any]:
     return list(collection)
 
 
-def rebuild(
-    data: bytes, shape: Shape, session: Session
-) -> tuple[list[Any], list[InstanceState[Any]]]:
-    """Rows for ``session`` from bytes :func:`serialise` made, and the states it created.
+class Plan:
+    """One entry decoded and checked against its shape: what :func:`rebuild` needs, with
+    nothing left to parse. ``objects`` holds, per stored object, its layout, identity key,
+    column values (by attribute) and relationship references."""
 
-    Raises ``_codec.Undecodable`` for bytes it cannot read (a corrupt entry is a miss).
-    """
+    __slots__ = ("objects", "reusable", "rows", "scalar", "shape")
+
+    def __init__(
+        self,
+        shape: Shape,
+        rows: list[Any],
+        scalar: bool,
+        objects: list[tuple[_Layout, tuple[Any, ...], dict[str, Any], list[list[Any]]]],
+        reusable: bool,
+    ) -> None:
+        self.shape = shape
+        self.rows = rows
+        self.scalar = scalar
+        self.objects = objects
+        self.reusable = reusable
+
+
+# Types whose values can be shared by the objects of several hits: nothing can change them.
+_IMMUTABLE: frozenset[type] = frozenset(
+    {
+        str, int, float, bool, type(None), bytes, decimal.Decimal, dt.datetime, dt.date,
+        dt.time, dt.timedelta, uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address,
+        ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Interface,
+        ipaddress.IPv6Interface,
+    }
+)  # fmt: skip
+
+
+def _immutable(value: Any) -> bool:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return True
+    if kind is tuple:
+        return all(_immutable(item) for item in value)
+    return isinstance(value, enum.Enum)
+
+
+def _plan(data: bytes, shape: Shape) -> Plan:
+    """Decode ``data`` and check it fits ``shape`` (raises ``_codec.Undecodable``)."""
     try:
         plain_rows, scalar, stored_layouts, stored = _codec.decode(data)
         layouts = [_layout(shape.mappers[name], tuple(keys)) for name, keys in stored_layouts]
-        for slot, _, _, values, _ in stored:
-            if len(values) != len(layouts[slot].keys):
+        objects = []
+        reusable = True
+        for slot, pk, token, values, relationships in stored:
+            layout = layouts[slot]
+            if len(values) != len(layout.keys):
                 raise ValueError("values do not match their layout")
+            if reusable and not all(_immutable(value) for value in values):
+                reusable = False
+            key = (layout.identity_class, tuple(pk), token)
+            objects.append(
+                (layout, key, dict(zip(layout.keys, values, strict=True)), relationships)
+            )
+        positions = shape.entity_positions
+        if not scalar:
+            for cells in plain_rows:
+                if reusable and not all(
+                    _immutable(cell) for i, cell in enumerate(cells) if i not in positions
+                ):
+                    reusable = False
+        elif not positions and reusable:
+            reusable = all(_immutable(value) for value in plain_rows)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise _codec.Undecodable(f"cached entry does not fit the statement: {exc!r}") from exc
-    identity_map = session.identity_map
+    return Plan(shape, plain_rows, bool(scalar), objects, reusable)
+
+
+class PlanMemo:
+    """Decoded entries, kept while their bytes come back (a memory backend returns the very
+    same bytes object on every hit; Redis returns equal bytes), so a hit decodes nothing.
+
+    Keyed by the entry's bytes and its shape, so a plan is only ever reused for equal bytes
+    under the same shape. Only entries whose values are all immutable are kept (their values
+    are shared by the objects of every hit); others are decoded on each hit. Bounded by the
+    total size of the entries it keeps; the oldest go first. Thread-safe.
+    """
+
+    __slots__ = ("_bytes", "_lock", "_plans", "max_bytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._plans: dict[tuple[int, bytes], Plan] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, data: bytes, shape: Shape) -> Plan:
+        memo_key = (id(shape), data)
+        found = self._plans.get(memo_key)
+        if found is not None and found.shape is shape:
+            return found
+        plan = _plan(data, shape)
+        size = len(data)
+        if plan.reusable and size <= self.max_bytes:
+            with self._lock:
+                old = self._plans.pop(memo_key, None)
+                if old is not None:
+                    self._bytes -= size
+                plans = self._plans
+                while plans and self._bytes + size > self.max_bytes:
+                    oldest = next(iter(plans))
+                    self._bytes -= len(oldest[1])
+                    del plans[oldest]
+                plans[memo_key] = plan
+                self._bytes += size
+        return plan
+
+
+def rebuild(
+    data: bytes, shape: Shape, session: Session, plans: PlanMemo | None = None
+) -> tuple[list[Any], list[InstanceState[Any]]]:
+    """Rows for ``session`` from bytes :func:`serialise` made, and the states it created.
+
+    ``plans`` keeps decoded entries for reuse. Raises ``_codec.Undecodable`` for bytes it
+    cannot read (a corrupt entry is a miss).
+    """
+    plan = plans.get(data, shape) if plans is not None else _plan(data, shape)
+    identity_map: Any = session.identity_map
+    present = identity_map.get
+    add = identity_map._add_unpresent
     hash_key = session.hash_key
     objects: list[Any] = []
-    created: list[tuple[InstanceState[Any], _Layout, list[list[Any]]]] = []
-    for slot, pk, token, values, relationships in stored:
-        layout = layouts[slot]
-        key = (layout.identity_class, tuple(pk), token)
-        existing = identity_map.get(key)
+    append = objects.append
+    states: list[InstanceState[Any]] = []
+    linked: list[tuple[InstanceState[Any], dict[str, Any], _Layout, list[list[Any]]]] = []
+    for layout, key, values, relationships in plan.objects:
+        existing = present(key)
         if existing is not None:
-            objects.append(existing)
+            append(existing)
             continue
-        obj = layout.mapper.class_manager.new_instance()
-        state = attributes.instance_state(obj)
-        state.dict.update(zip(layout.keys, values, strict=True))
+        obj = layout.new_instance()
+        state = instance_state(obj)
+        dict_ = instance_dict(obj)
+        dict_.update(values)
         state.key = key
-        state.identity_token = token
+        state.identity_token = key[2]
         state.session_id = hash_key
-        identity_map._add_unpresent(state, key)
-        objects.append(obj)
-        created.append((state, layout, relationships))
-    states = []
-    for state, layout, relationships in created:
-        values = state.dict
+        add(state, key)
+        append(obj)
+        states.append(state)
+        if relationships or layout.unloaded:
+            linked.append((state, dict_, layout, relationships))
+    for state, dict_, layout, relationships in linked:
         for attribute, ref in relationships:
             if ref is None:
                 value: Any = None
@@ -177,29 +300,37 @@ def rebuild(
             else:
                 value = objects[ref]
             impl: Any = state.manager[attribute].impl
-            impl.set_committed_value(state, values, value)
-        state._commit_all(values, identity_map)
+            impl.set_committed_value(state, dict_, value)
+        if state.modified:  # as loading.py does: only a changed state needs committing
+            state._commit_all(dict_, identity_map)
         if layout.unloaded:
-            state._expire_attributes(values, layout.unloaded)
-        states.append(state)
+            state._expire_attributes(dict_, layout.unloaded)
     positions = shape.entity_positions
     rows: list[Any]
-    if scalar:
+    if plan.scalar:
         if positions:
-            rows = [(None if ref is None else objects[ref],) for ref in plain_rows]
+            rows = [(None if ref is None else objects[ref],) for ref in plan.rows]
         else:
-            rows = [(value,) for value in plain_rows]
+            rows = [(value,) for value in plan.rows]
     else:
         rows = []
-        for cells in plain_rows:
+        for stored_cells in plan.rows:
+            cells = list(stored_cells)
             for position in positions:
                 if cells[position] is not None:
                     cells[position] = objects[cells[position]]
             rows.append(tuple(cells))
-    for state in states:
-        dispatch = state.manager.dispatch
-        if dispatch.load:
-            dispatch.load(state, None)
-        if session.dispatch.loaded_as_persistent:
-            session.dispatch.loaded_as_persistent(session, state)
+    if states:
+        # The load event as Session.merge(load=False) fires it (no query context), once the
+        # whole result exists; listener lists looked up once per class, as loading.py does.
+        persistent = session.dispatch.loaded_as_persistent
+        manager = load = None
+        for state in states:
+            if state.manager is not manager:
+                manager = state.manager
+                load = manager.dispatch.load
+            if load:
+                load(state, None)
+            if persistent:
+                persistent(session, state)
     return rows, states

@@ -142,8 +142,8 @@ def untrack_cohorts() -> None:
 
 
 def tracking_cohorts() -> bool:
-    """Whether cohort listeners are installed right now."""
-    return event.contains(Mapper, "load", _join)
+    """Whether cohort listeners are installed right now (a cache hit asks on every query)."""
+    return _hooks.active
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,11 @@ class SharedHooks:
         self._lock = threading.Lock()
         self._users = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether anyone holds the listeners (one attribute read: for per-query checks)."""
+        return self._users > 0
+
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
