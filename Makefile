@@ -53,6 +53,7 @@ bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/autoload.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/cohort_cost.py
 	$(BENCH_VENV)/bin/python bench/unused_eager.py
+	$(BENCH_VENV)/bin/python bench/detection_cpu.py
 	$(BENCH_VENV)/bin/python bench/cache_hit.py
 	$(BENCH_VENV)/bin/python bench/cache_hit_breakdown.py
 	$(BENCH_VENV)/bin/python bench/cache_hitrate.py

@@ -36,7 +36,7 @@ def test_install_turns_features_on_and_close_turns_them_off(engine: Engine) -> N
     installation = ormtune.install(engine, cache=MemoryBackend())
     try:
         assert active_cache() is installation.cache
-        with assert_num_queries(3):  # users, their keys, all posts: autoload batched the loop
+        with assert_num_queries(2):  # users, then all posts: autoload batched the loop
             titles(engine)
         cached_names(engine)
         cached_names(engine)

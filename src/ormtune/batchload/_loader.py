@@ -1,12 +1,15 @@
 """The batch load: on the first lazy load of a relationship in a cohort, load it for the cohort.
 
-SQLAlchemy's own ``selectinload`` does the loading, so the object graph is exactly what
-``selectinload`` gives (identities, per-parent ``order_by``, secondary tables, inheritance,
-composite keys). It needs parent rows to hang the children on, so the batch re-selects the
-cohort's parents by primary key with ``selectinload(R)``: for objects already in the identity
-map SQLAlchemy only fills in what is not loaded, and ``selectinload`` skips every parent whose
-``R`` is already loaded, so nothing the application set is ever overwritten. The lazy load that
-triggered the batch is then answered from what the batch loaded, without SQL of its own.
+A one-to-many that ``selectinload`` would load without the parents is loaded directly from the
+children's table (``_direct.py``), unless a member has expired attributes. Every other shape
+takes the re-select path: SQLAlchemy's own ``selectinload`` does the loading, so the object
+graph is exactly what ``selectinload`` gives (identities, per-parent ``order_by``, secondary
+tables, inheritance, composite keys). It needs parent rows to hang the children on, so the
+batch re-selects the cohort's parents by primary key with ``selectinload(R)``: for objects
+already in the identity map SQLAlchemy only fills in what is not loaded, and ``selectinload``
+skips every parent whose ``R`` is already loaded, so nothing the application set is ever
+overwritten. The lazy load that triggered the batch is then answered from what the batch
+loaded, without SQL of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import MANYTOONE, load_only, selectinload
 
+from ormtune.batchload._direct import direct_plan, load_directly
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
     AutoloadOption,
@@ -25,7 +29,7 @@ from ormtune.batchload._options import (
     Settings,
     carried,
 )
-from ormtune.querylog import AutoloadBatch, emit, signals_wanted
+from ormtune.querylog import AutoloadBatch, emit, shared_cohort, signals_wanted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -137,6 +141,26 @@ def _reselect(
         ).all()
 
 
+def _autoflushes(orm_state: ORMExecuteState) -> bool:
+    return bool(getattr(orm_state.load_options, "_autoflush", True))
+
+
+_markers: dict[Settings, BatchMarker] = {}
+
+
+def _direct_options(lazy: LazyLoad, settings: Settings) -> list[Any]:
+    """The direct batch's options: a marker with no loader options of ours to vouch for, and
+    what the lazy load it replaces would have carried."""
+    marker = _markers.get(settings)
+    if marker is None:
+        marker = _markers[settings] = BatchMarker([], settings)
+    options: list[Any] = [marker]
+    options += (
+        opt for opt in lazy.state.load_options if isinstance(opt, AutoloadOption) or carried(opt)
+    )
+    return options
+
+
 def _result_for(state: InstanceState[Any], prop: RelationshipProperty[Any]) -> Result[Any] | None:
     """What the triggering lazy load would have returned, built from the batch's work."""
     if prop.key not in state.dict:
@@ -159,7 +183,24 @@ def batch_load(
     members = _members(lazy)
     if len(members) < 2 or _one_target(members, prop):
         return None
-    _reselect(orm_state, lazy, members, settings)
+    plan = direct_plan(prop)
+    if plan is None or any(member.expired_attributes for member in members):
+        # Members with expired attributes take the re-select too: it refreshes them all in
+        # one go, where each would otherwise refresh on its own at its next attribute access.
+        _reselect(orm_state, lazy, members, settings)
+    else:
+        load_directly(
+            orm_state.session,
+            prop,
+            plan,
+            members,
+            _direct_options(lazy, settings),
+            min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
+            # SQLAlchemy autoflushes after the do_orm_execute hooks: the batch flushes (or
+            # not) where the lazy load it replaces would have.
+            {"autoflush": _autoflushes(orm_state), **shared_cohort()},
+            orm_state.bind_arguments,
+        )
     if signals_wanted():
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))
     return _result_for(lazy.state, prop)

@@ -380,6 +380,10 @@ class Detection:
         """Count a SELECT run in this unit of work, for repeated-query findings."""
         if self.installed or self.settings.repeated_threshold is None:
             return
+        if mark is not None and mark.tally is not None and mark.tally.pattern is not None:
+            # A lazy load of an N+1 already found is reported as that N+1, never as a repeated
+            # query (see _update_repeated): no need to find its line.
+            return
         callsite = callsites.get(self.settings.skip_modules)
         with self._lock:
             key = (fingerprint, callsite)

@@ -40,7 +40,7 @@ from ormtune.querylog import (
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Result
-    from sqlalchemy.orm import ORMExecuteState
+    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty
 
     from ormtune.nplusone._detection import Detection, Tally
     from ormtune.querylog import CallSite, LazyLoad, Observation, QueryEvent
@@ -134,12 +134,19 @@ def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None
     return _run(orm_execute_state, loading)
 
 
+# relationship -> (its name, the loader option that fixes it): formatted once, not per load.
+_names: dict[RelationshipProperty[Any], tuple[str, str]] = {}
+
+
 def _count(
     lazy: LazyLoad, detections: tuple[Detection, ...]
 ) -> tuple[Loading, BaseException | None]:
     callsites = Callsites()
-    name = relationship_name(lazy.relationship)
-    option = loader_option(lazy.relationship)
+    prop = lazy.relationship
+    names = _names.get(prop)
+    if names is None:
+        names = _names[prop] = (relationship_name(prop), loader_option(prop))
+    name, option = names
     marks: dict[Detection, LazyMark] = {}
     error: BaseException | None = None
     for detection in detections:

@@ -17,7 +17,6 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from types import CodeType, FrameType
 
 # greenlet is only needed (and installed) for SQLAlchemy's asyncio support.
@@ -52,8 +51,9 @@ class CallSite:
         return f"{path}:{self.lineno} in {self.function}"
 
 
-# code object -> is it library code? Filled lazily; code objects live as long as their module.
-_is_library_code: dict[tuple[CodeType, tuple[str, ...]], bool] = {}
+# skip_modules -> code object -> is it library code? Filled lazily; code objects live as long
+# as their module. One dict per skip_modules, so the walk looks frames up by code object alone.
+_is_library_code: dict[tuple[str, ...], dict[CodeType, bool]] = {}
 
 
 def _classify(frame: FrameType, skip_modules: tuple[str, ...]) -> bool:
@@ -68,30 +68,32 @@ def _classify(frame: FrameType, skip_modules: tuple[str, ...]) -> bool:
     return os.path.normcase(os.path.realpath(filename)).startswith(_STDLIB_DIRS)
 
 
-def _frames(start: FrameType | None) -> Iterator[FrameType]:
-    """Frames from ``start`` outwards, crossing from greenlets into their parents."""
-    frame = start
-    greenlet = _current_greenlet() if _HAS_GREENLET else None
-    while True:
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
-        if greenlet is None or greenlet.parent is None:
-            return
-        greenlet = greenlet.parent
-        frame = greenlet.gr_frame
-
-
 def find_callsite(skip_modules: tuple[str, ...] = (), depth: int = 1) -> CallSite | None:
     """The first caller outside SQLAlchemy, ormtune, the standard library and ``skip_modules``
-    (module name prefixes), or None if every frame is library code."""
+    (module name prefixes), or None if every frame is library code.
+
+    The walk runs once per statement wherever call-sites are wanted, through some thirty
+    frames of SQLAlchemy, so it is kept to a dictionary lookup per frame; under asyncio it
+    crosses from SQLAlchemy's greenlet into the parent greenlet's suspended frames.
+    """
+    known = _is_library_code.get(skip_modules)
+    if known is None:
+        known = _is_library_code.setdefault(skip_modules, {})
     frame: FrameType | None = sys._getframe(depth)
-    for candidate in _frames(frame):
-        key = (candidate.f_code, skip_modules)
-        is_library = _is_library_code.get(key)
-        if is_library is None:
-            is_library = _is_library_code[key] = _classify(candidate, skip_modules)
-        if not is_library:
-            code = candidate.f_code
-            return CallSite(code.co_filename, candidate.f_lineno, code.co_name)
-    return None
+    greenlet = None
+    while True:
+        while frame is not None:
+            code = frame.f_code
+            is_library = known.get(code)
+            if is_library is None:
+                is_library = known[code] = _classify(frame, skip_modules)
+            if not is_library:
+                return CallSite(code.co_filename, frame.f_lineno, code.co_name)
+            frame = frame.f_back
+        # Out of frames: under asyncio, go on in the greenlet that started this one.
+        if not _HAS_GREENLET:
+            return None
+        greenlet = (_current_greenlet() if greenlet is None else greenlet).parent
+        if greenlet is None:
+            return None
+        frame = greenlet.gr_frame

@@ -3,13 +3,16 @@
 A cohort is what N+1 detection and automatic batch loading reason about: a lazy load of
 relationship R on two members of one cohort is an N+1, and loading R for every member at once
 is its fix. Membership is recorded by the ORM's own ``load`` and ``refresh`` instance events
-(the rows of one query share one ``QueryContext``). A cohort holds its members' instance
-states, never the objects (a state refers to its object weakly), so it keeps no object alive;
-members whose object is gone are skipped. The cohort is kept in a private attribute of each
-member's state, which SQLAlchemy does not pickle (``state.info`` would be pickled with the
-object, and a cohort is not picklable). An instance belongs to the last query that loaded or
-refreshed it from a row; instances that a query returned but that were already in the identity
-map (and were not refreshed) keep their earlier cohort.
+(the rows of one query share one ``QueryContext``). A cohort holds the weak references
+SQLAlchemy already keeps from each member's state to its object (``state.obj``), never the
+objects or the states, so it keeps nothing alive and forms no reference cycle with the states
+that point at it: when the objects go, their states and the cohort are freed at once, without
+waiting for the cyclic garbage collector. Members whose object is gone are skipped. The cohort
+is kept in a private attribute of each member's state, which SQLAlchemy does not pickle
+(``state.info`` would be pickled with the object, and a cohort is not picklable). An instance
+belongs to the last query that loaded or refreshed it from a row; instances that a query
+returned but that were already in the identity map (and were not refreshed) keep their earlier
+cohort.
 
 Tracking is reference-counted like the engine listeners: the instance listeners are installed
 when the first user calls :func:`track_cohorts` and removed when the last one releases it.
@@ -23,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty
+from sqlalchemy.orm.attributes import instance_state
 
 from ormtune.querylog._lifecycle import SharedHooks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from sqlalchemy.orm import ORMExecuteState
     from sqlalchemy.orm.state import InstanceState
@@ -37,6 +41,7 @@ __all__ = [
     "LazyLoad",
     "cohort_of",
     "lazy_load_of",
+    "shared_cohort",
     "track_cohorts",
     "tracking_cohorts",
     "untrack_cohorts",
@@ -48,31 +53,36 @@ _STATE_ATTRIBUTE = "_ormtune_cohort"
 
 
 class Cohort:
-    """The instances loaded by one ORM query (their states, not the objects), in row order."""
+    """The instances loaded by one ORM query (weakly, through their states), in row order."""
 
-    __slots__ = ("__weakref__", "_members", "lock", "notes")
+    __slots__ = ("__weakref__", "_refs", "lock", "notes")
 
     def __init__(self) -> None:
-        self._members: list[InstanceState[Any]] = []
+        # Each member state's own weak reference to its object: nothing new per member.
+        self._refs: list[Callable[[], object]] = []
         # Per-cohort scratch space for the features that reason about it (keyed by feature).
         self.notes: dict[object, Any] = {}
         self.lock = threading.Lock()
 
     def add(self, state: InstanceState[Any]) -> None:
-        self._members.append(state)
+        self._refs.append(state.obj)
         state.__dict__[_STATE_ATTRIBUTE] = self
 
     def states(self) -> Iterator[InstanceState[Any]]:
         """Members still alive (object not garbage-collected) that still belong to this cohort."""
-        for state in self._members:
-            if state.obj() is not None and state.__dict__.get(_STATE_ATTRIBUTE) is self:
+        for ref in self._refs:
+            obj = ref()
+            if obj is None:
+                continue
+            state = instance_state(obj)
+            if state.__dict__.get(_STATE_ATTRIBUTE) is self:
                 yield state
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._refs)
 
     def __repr__(self) -> str:
-        return f"<Cohort of {len(self._members)}>"
+        return f"<Cohort of {len(self._refs)}>"
 
 
 def cohort_of(state: InstanceState[Any]) -> Cohort | None:
@@ -81,29 +91,44 @@ def cohort_of(state: InstanceState[Any]) -> Cohort | None:
     return cohort
 
 
-def _cohort_key(context: QueryContext) -> tuple[dict[Any, Any], object]:
+_SHARED_OPTION = "ormtune_cohort"
+
+
+def shared_cohort() -> dict[str, Cohort]:
+    """Execution options that make the rows of every statement run with them one cohort (the
+    chunks of one batch load are one cohort, as the chunks of one ``selectinload`` are)."""
+    return {_SHARED_OPTION: Cohort()}
+
+
+def _cohort_for(context: QueryContext) -> Cohort:
     """Where a query's cohort lives. ``selectinload`` fetches one relationship in several
     queries (one per 500 keys); they carry the original query's context, and their rows form
     one cohort, keyed there by the loader path."""
-    top = context.execution_options.get("sa_top_level_orm_context")
+    options = context.execution_options
+    shared = options.get(_SHARED_OPTION)
+    if isinstance(shared, Cohort):
+        return shared
+    attributes: dict[Any, Any] = context.attributes
+    key: object = _CONTEXT_KEY
+    top = options.get("sa_top_level_orm_context")
     path = getattr(getattr(context, "compile_state", None), "current_path", None)
     if isinstance(top, QueryContext) and top is not context and path is not None:
-        return top.attributes, (_CONTEXT_KEY, path)
-    return context.attributes, _CONTEXT_KEY
+        attributes, key = top.attributes, (_CONTEXT_KEY, path)
+    cohort: Cohort | None = attributes.get(key)
+    if cohort is None:
+        cohort = attributes[key] = Cohort()
+    return cohort
 
 
 def _join(state: InstanceState[Any], context: QueryContext | None) -> None:
     # Runs once per loaded instance: the cohort is looked up once per query, then cached on it.
     if context is None:
         return  # loaded without a query (Session.merge(load=False), a cache hit): no peers
-    cohort = context.attributes.get(_CONTEXT_FAST_KEY)
+    attributes = context.attributes
+    cohort = attributes.get(_CONTEXT_FAST_KEY)
     if cohort is None:
-        attributes, key = _cohort_key(context)
-        cohort = attributes.get(key)
-        if cohort is None:
-            cohort = attributes[key] = Cohort()
-        context.attributes[_CONTEXT_FAST_KEY] = cohort
-    cohort._members.append(state)
+        cohort = attributes[_CONTEXT_FAST_KEY] = _cohort_for(context)
+    cohort._refs.append(state.obj)
     state.__dict__[_STATE_ATTRIBUTE] = cohort
 
 

@@ -1,0 +1,143 @@
+"""The direct batch: a simple one-to-many loaded straight from the children's table.
+
+When a one-to-many joins the children's foreign key to the parents' primary key and nothing
+else, ``selectinload`` does not join the parents at all ("omit join"): it selects the children
+whose foreign key is in the parents' identities, groups the rows by that key and commits each
+parent's collection, in the relationship's ``order_by``. The direct batch does the same from
+the cohort's identities, so it needs neither a re-select of the parents nor partial population
+of every parent. Whether a relationship qualifies, and the columns and ``IN`` expression to use,
+come from SQLAlchemy's own ``selectin`` strategy for it; anything else (many-to-one,
+many-to-many, joins on other columns or with extra criteria, aliased targets, a SQLAlchemy
+whose strategy looks different) takes the re-select path, which is ``selectinload`` itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import SAWarning
+from sqlalchemy.orm import ONETOMANY
+from sqlalchemy.orm.attributes import set_committed_value
+
+if TYPE_CHECKING:
+    from sqlalchemy import Select
+    from sqlalchemy.orm import RelationshipProperty, Session
+    from sqlalchemy.orm.state import InstanceState
+
+__all__ = ["DirectPlan", "direct_plan", "load_directly"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DirectPlan:
+    """How to load one relationship for many parents in one statement per chunk of keys."""
+
+    statement: Select[Any]  # ``primary_keys`` is the expanding parameter of the parents' keys
+    key_width: int  # leading columns of each row: the parent's identity, as the foreign key
+    single_column: bool  # one key column: keys are bound as scalars, not 1-tuples
+
+
+_plans: dict[RelationshipProperty[Any], DirectPlan | None] = {}
+_plans_lock = threading.Lock()
+
+
+def _plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
+    if prop.direction is not ONETOMANY or prop.secondary is not None:
+        return None
+    # SQLAlchemy's own selectin strategy decides whether the parents can be left out of the
+    # children's query; read its decision rather than repeating it.
+    strategy = prop._get_strategy((("lazy", "selectin"),))
+    info = getattr(strategy, "_query_info", None)
+    if getattr(strategy, "omit_join", None) is not True or info is None:
+        return None
+    if getattr(info, "load_only_child", True) or getattr(info, "load_with_join", True):
+        return None
+    entity = prop.entity
+    if entity.is_aliased_class or entity is not prop.mapper:
+        return None
+    key_columns = list(info.pk_cols)
+    if not key_columns or len(key_columns) != len(prop.parent.primary_key):
+        return None
+    statement = (
+        select(*key_columns, entity)
+        .select_from(entity)
+        .where(info.in_expr.in_(bindparam("primary_keys")))
+    )
+    if prop.order_by:
+        statement = statement.order_by(*prop.order_by)
+    return DirectPlan(statement, len(key_columns), bool(info.zero_idx))
+
+
+def direct_plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
+    """The direct plan for ``prop``, or None when it must take the re-select path (memoised)."""
+    try:
+        return _plans[prop]
+    except KeyError:
+        pass
+    plan = _plan(prop)
+    with _plans_lock:
+        _plans[prop] = plan
+    return plan
+
+
+def _rows(result: Any) -> Any:
+    # Joined eager loads of collections on the children make the ORM insist on unique();
+    # otherwise rows are taken as they come, as selectinload does.
+    context = getattr(result, "context", None)
+    requires = getattr(context, "requires_uniquing", None)
+    if requires is False:
+        return result
+    return result.unique()
+
+
+def load_directly(
+    session: Session,
+    prop: RelationshipProperty[Any],
+    plan: DirectPlan,
+    members: list[InstanceState[Any]],
+    options: list[Any],
+    chunk_size: int,
+    execution_options: dict[str, Any],
+    bind_arguments: dict[str, Any] | None,
+) -> None:
+    """Load ``prop`` for ``members`` with ``plan``'s statement, one query per ``chunk_size``
+    parents, and commit each parent's collection as ``selectinload`` does."""
+    statement = plan.statement.options(*options) if options else plan.statement
+    width = plan.key_width
+    key = prop.key
+    uselist = prop.uselist
+    empty: Any = () if uselist else None
+    for start in range(0, len(members), chunk_size):
+        chunk = members[start : start + chunk_size]
+        identities = [member.key[1] for member in chunk if member.key is not None]
+        keys = [identity[0] for identity in identities] if plan.single_column else identities
+        result = session.execute(
+            statement,
+            {"primary_keys": keys},
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+        )
+        children: defaultdict[tuple[Any, ...], list[Any]] = defaultdict(list)
+        for row in _rows(result):
+            children[tuple(row[:width])].append(row[width])
+        for member, identity in zip(chunk, identities, strict=True):
+            obj = member.obj()
+            if obj is None or key in member.dict or member.deleted or member.key is None:
+                continue  # gone, loaded meanwhile (never overwritten), or deleted by a flush
+            if member.key[1] != identity or member.session_id != session.hash_key:
+                continue  # a flush changed its key, or it left the session: a plain lazy load
+            found = children.get(tuple(identity), empty)
+            if not uselist and found:
+                if len(found) > 1:
+                    warnings.warn(
+                        f"Multiple rows returned with uselist=False for eagerly-loaded "
+                        f"attribute '{prop}' ",
+                        SAWarning,
+                        stacklevel=2,
+                    )
+                found = found[0]
+            set_committed_value(obj, key, found)
