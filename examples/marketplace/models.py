@@ -161,6 +161,14 @@ class Payment(Base):
     payee: Mapped[User] = relationship(foreign_keys=[payee_id])
     job: Mapped[Job] = relationship()
 
+    # Every UPDATE says "... WHERE id = ? AND status = <the status it read>", so of two
+    # concurrent confirmations only one matches a row (the other fails with StaleDataError,
+    # a 409), on every database and without a table-wide bulk UPDATE.
+    __mapper_args__ = {  # noqa: RUF012 - SQLAlchemy's declarative hook, read once
+        "version_id_col": status,
+        "version_id_generator": False,
+    }
+
 
 class Review(Base):
     """A rating (1-5) one party of a paid job gives the other, once per job."""
