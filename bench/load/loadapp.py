@@ -1,0 +1,45 @@
+"""The marketplace app as the load test serves it, plus one read-only counters endpoint.
+
+``uvicorn loadapp:app --app-dir bench/load`` with the ``MARKETPLACE_*`` environment variables
+(see marketplace.settings). ``GET /_load/counters`` returns the SQL statements this process has
+executed (a plain SQLAlchemy ``after_cursor_execute`` listener on every engine, the same in
+every mode, so naive and tuned are counted alike) and, when a query cache is installed, its
+hits and misses (``ormtune.caching.active_cache().stats``). The load test reads it before and
+after each step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from marketplace.app import create_app
+from marketplace.settings import Settings
+from ormtune.caching import active_cache
+
+__all__ = ["app"]
+
+_executed = [0]
+
+
+@event.listens_for(Engine, "after_cursor_execute")
+def _count(*_: object) -> None:
+    _executed[0] += 1
+
+
+app = create_app(Settings.from_env())
+
+
+@app.get("/_load/counters", include_in_schema=False)
+async def counters() -> dict[str, Any]:
+    cache = active_cache()
+    overall = cache.stats.overall if cache is not None else None
+    return {
+        "pid": os.getpid(),
+        "statements": _executed[0],
+        "cache_hits": overall.hits if overall is not None else 0,
+        "cache_misses": overall.misses if overall is not None else 0,
+    }
