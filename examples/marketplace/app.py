@@ -7,40 +7,26 @@ close many applications (tests and the demo do).
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Info, make_asgi_app
-from sqlalchemy.exc import DataError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm.exc import StaleDataError
 from starlette.routing import Route
 
 import ormtune
 from marketplace.db import create_engine_for
 from marketplace.deps import Runtime
+from marketplace.errors import add_error_handlers
 from marketplace.repositories import Repositories
 from marketplace.routes import ROUTERS
 from marketplace.settings import Settings
 from ormtune.backends import MemoryBackend, RedisBackend
-from ormtune.exceptions import (
-    DuplicateKeyError,
-    ForeignKeyError,
-    InvalidCursorError,
-    NotFoundError,
-)
 from ormtune.instrumentation import metrics as ormtune_metrics
 
 __all__ = ["create_app"]
-
-_log = logging.getLogger("marketplace")
 
 ASGIApp = Callable[
     [
@@ -66,51 +52,6 @@ class _Endpoint:
         send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
         await self.app(scope, receive, send)
-
-
-class ErrorResponse(JSONResponse):
-    """JSON with non-ASCII characters escaped: an error may echo input, and input may hold
-    characters UTF-8 cannot encode (an unpaired surrogate sent as ``"\\ud800"``)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-def _error(status: int, detail: object) -> JSONResponse:
-    return ErrorResponse({"detail": detail}, status_code=status)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    async def not_found(_: Request, exc: Exception) -> JSONResponse:
-        return _error(404, str(exc))
-
-    async def conflict(_: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DuplicateKeyError):
-            return _error(409, "that already exists")
-        return _error(409, "that conflicts with existing data")
-
-    async def invalid_input(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return _error(422, jsonable_encoder(exc.errors()))
-
-    async def invalid_cursor(_: Request, exc: Exception) -> JSONResponse:
-        return _error(422, "not a valid pagination cursor: start again without one")
-
-    async def changed_meanwhile(_: Request, exc: Exception) -> JSONResponse:
-        return _error(409, "changed by another request meanwhile: read it again")
-
-    async def bad_value(_: Request, exc: Exception) -> JSONResponse:
-        # the database rejected a value the validation let through (an out-of-range cursor)
-        _log.info("database rejected a value: %s", exc)
-        return _error(422, "a value is out of range for the database")
-
-    app.add_exception_handler(RequestValidationError, invalid_input)
-    app.add_exception_handler(NotFoundError, not_found)
-    app.add_exception_handler(DuplicateKeyError, conflict)
-    app.add_exception_handler(ForeignKeyError, conflict)
-    app.add_exception_handler(InvalidCursorError, invalid_cursor)
-    app.add_exception_handler(DataError, bad_value)
-    app.add_exception_handler(StaleDataError, changed_meanwhile)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -163,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     if tuned:
         app.add_middleware(
             ormtune.OrmtuneMiddleware,

@@ -3,6 +3,7 @@
 from fastapi import APIRouter, HTTPException
 
 from marketplace.deps import CurrentUser, PathId, Repos, Session
+from marketplace.errors import responses
 from marketplace.models import utcnow
 from marketplace.repositories import AccountDetailsRepository, ProfileRepository
 from marketplace.schemas import AccountDetailsIn, AccountDetailsOut, ProfileOut
@@ -11,7 +12,7 @@ from marketplace.views import account_details_out, profile_out
 router = APIRouter(tags=["accounts"])
 
 
-@router.get("/profiles/{user_id}", responses={404: {"description": "no such profile"}})
+@router.get("/profiles/{user_id}", responses=responses(_404="no such profile"))
 async def profile(user_id: PathId, _: CurrentUser, session: Session, repos: Repos) -> ProfileOut:
     """A user's public profile."""
     found = await repos(ProfileRepository, session).list(filters={"user_id": user_id}, limit=1)
@@ -20,7 +21,7 @@ async def profile(user_id: PathId, _: CurrentUser, session: Session, repos: Repo
     return await profile_out(found[0])
 
 
-@router.get("/account-details", responses={404: {"description": "none set yet"}})
+@router.get("/account-details", responses=responses(_404="none set yet"))
 async def account_details(user: CurrentUser, session: Session, repos: Repos) -> AccountDetailsOut:
     """Your payout account details."""
     found = await repos(AccountDetailsRepository, session).list(
@@ -31,7 +32,7 @@ async def account_details(user: CurrentUser, session: Session, repos: Repos) -> 
     return account_details_out(found[0])
 
 
-@router.put("/account-details")
+@router.put("/account-details", responses=responses())
 async def update_account_details(
     body: AccountDetailsIn, user: CurrentUser, session: Session, repos: Repos
 ) -> AccountDetailsOut:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
 
 from marketplace.deps import Session, runtime
+from marketplace.errors import responses
 from marketplace.models import AuthToken, User, utcnow
 from marketplace.schemas import LoginIn, TokenOut
 from marketplace.security import hash_secret, new_secret, verify_password
@@ -13,7 +14,7 @@ from marketplace.security import hash_secret, new_secret, verify_password
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/token", responses={401: {"description": "wrong email or password"}})
+@router.post("/auth/token", responses=responses(_401="wrong email or password"))
 async def login(body: LoginIn, request: Request, session: Session) -> TokenOut:
     """Exchange an email and password for a bearer token (valid for the configured TTL)."""
     user = await session.scalar(select(User).where(User.email == body.email.strip().lower()))

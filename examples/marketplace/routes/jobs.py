@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from marketplace.deps import CurrentUser, PathId, Repos, Session
+from marketplace.errors import responses
 from marketplace.models import utcnow
 from marketplace.repositories import ApplicationRepository, JobDetailRepository, JobListRepository
 from marketplace.schemas import MAX_INT, ApplicationIn, ApplicationOut, JobDetail, JobIn, JobPage
@@ -13,7 +14,7 @@ from marketplace.views import application_out, job_detail, job_summary
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=responses())
 async def list_jobs(
     _: CurrentUser,
     session: Session,
@@ -34,7 +35,7 @@ async def list_jobs(
     return JobPage(items=[await job_summary(j) for j in page.items], next=page.next_cursor)
 
 
-@router.get("/jobs/{job_id}", responses={404: {"description": "no such job"}})
+@router.get("/jobs/{job_id}", responses=responses(_404="no such job"))
 async def get_job(job_id: PathId, _: CurrentUser, session: Session, repos: Repos) -> JobDetail:
     """A job with its client and its applications (with the applicants)."""
     job = await repos(JobDetailRepository, session).get_or_none(job_id)
@@ -43,7 +44,7 @@ async def get_job(job_id: PathId, _: CurrentUser, session: Session, repos: Repos
     return await job_detail(job)
 
 
-@router.post("/jobs", status_code=201, responses={403: {"description": "workers cannot post"}})
+@router.post("/jobs", status_code=201, responses=responses(_403="workers cannot post"))
 async def create_job(body: JobIn, user: CurrentUser, session: Session, repos: Repos) -> JobDetail:
     """Post a job (clients only)."""
     if user.role != "client":
@@ -63,11 +64,11 @@ async def create_job(body: JobIn, user: CurrentUser, session: Session, repos: Re
 @router.post(
     "/jobs/{job_id}/apply",
     status_code=201,
-    responses={
-        403: {"description": "clients cannot apply"},
-        404: {"description": "no such job"},
-        409: {"description": "the job is closed, or you already applied"},
-    },
+    responses=responses(
+        _403="clients cannot apply",
+        _404="no such job",
+        _409="the job is closed, or you already applied",
+    ),
 )
 async def apply(
     job_id: PathId, body: ApplicationIn, user: CurrentUser, session: Session, repos: Repos

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import or_
 
 from marketplace.deps import CurrentUser, PathId, Repos, Session
+from marketplace.errors import responses
 from marketplace.models import Payment, User, utcnow
 from marketplace.repositories import (
     ApplicationRepository,
@@ -21,7 +22,7 @@ router = APIRouter(tags=["payments"])
 LATEST = 50
 
 
-@router.get("/users/{user_id}/payments", responses={403: {"description": "not your payments"}})
+@router.get("/users/{user_id}/payments", responses=responses(_403="not your payments"))
 async def user_payments(
     user_id: PathId, user: CurrentUser, session: Session, repos: Repos
 ) -> UserPayments:
@@ -35,7 +36,7 @@ async def user_payments(
     return UserPayments(user_id=user_id, payments=[await payment_out(p) for p in latest[:LATEST]])
 
 
-@router.get("/payments/history")
+@router.get("/payments/history", responses=responses())
 async def payment_history(
     user: CurrentUser,
     session: Session,
@@ -56,11 +57,11 @@ async def payment_history(
 @router.post(
     "/payments",
     status_code=201,
-    responses={
-        403: {"description": "not the job's client"},
-        404: {"description": "no such job or payee"},
-        422: {"description": "the payee did not apply to the job"},
-    },
+    responses=responses(
+        _403="not the job's client",
+        _404="no such job or payee",
+        _422="invalid input, or the payee did not apply to the job",
+    ),
 )
 async def create_payment(
     body: PaymentIn, user: CurrentUser, session: Session, repos: Repos
@@ -94,11 +95,7 @@ async def create_payment(
 
 @router.post(
     "/payments/{payment_id}/confirm",
-    responses={
-        403: {"description": "not the payer"},
-        404: {"description": "no such payment"},
-        409: {"description": "already confirmed"},
-    },
+    responses=responses(_403="not the payer", _404="no such payment", _409="already confirmed"),
 )
 async def confirm_payment(payment_id: PathId, user: CurrentUser, session: Session) -> PaymentOut:
     """Confirm a pending payment you made."""

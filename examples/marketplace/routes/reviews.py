@@ -1,11 +1,10 @@
 """Reviews: received (with the average rating), given, and writing one."""
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import and_, func, or_, select
 
 from marketplace.deps import CurrentUser, PathId, Repos, Session
+from marketplace.errors import responses
 from marketplace.models import Job, Payment, Review, utcnow
 from marketplace.repositories import (
     PaymentRepository,
@@ -19,7 +18,7 @@ from marketplace.views import review_out
 router = APIRouter(tags=["reviews"])
 
 LATEST = 50
-_NO_USER: dict[int | str, dict[str, Any]] = {404: {"description": "no such user"}}
+_NO_USER = responses(_404="no such user")
 
 
 @router.get("/reviews/{user_id}", responses=_NO_USER)
@@ -63,11 +62,11 @@ async def reviews_given(
 @router.post(
     "/reviews",
     status_code=201,
-    responses={
-        403: {"description": "no confirmed payment between you two for this job"},
-        404: {"description": "no such user or job"},
-        409: {"description": "you already reviewed this user for this job"},
-    },
+    responses=responses(
+        _403="no confirmed payment between you two for this job",
+        _404="no such user or job",
+        _409="you already reviewed this user for this job",
+    ),
 )
 async def create_review(
     body: ReviewIn, user: CurrentUser, session: Session, repos: Repos
