@@ -63,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     import uvicorn
 
+    if args.mode == "tuned" and args.workers > 1 and not args.redis_url:
+        print(
+            "--workers > 1 in tuned mode needs --redis-url: each process's in-memory cache "
+            "cannot see the other processes' commits, so it could serve stale rows",
+            file=sys.stderr,
+        )
+        return 2
     upgrade(url)
     if args.users:
         generate_main(["--users", str(args.users), "--database-url", url])
