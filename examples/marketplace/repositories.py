@@ -107,7 +107,10 @@ class TokenRepository(MarketRepository[AuthToken]):
 
 
 class UserRepository(MarketRepository[User]):
-    pass
+    """Users by id (does this user exist?)."""
+
+    cache_ttl = 3600
+    cache_name = "users"
 
 
 class UserPaymentsRepository(MarketRepository[Payment]):
@@ -174,6 +177,7 @@ class ApplicationRepository(MarketRepository[Application]):
 
 CACHED: tuple[type[MarketRepository[Any]], ...] = (
     TokenRepository,
+    UserRepository,
     UserPaymentsRepository,
     ReviewsReceivedRepository,
     ProfileRepository,

@@ -74,7 +74,8 @@ async def create_payment(
         raise HTTPException(403, "only the job's client pays for it")
     if body.payee_id == user.id:
         raise HTTPException(422, "you cannot pay yourself")
-    if await session.get(User, body.payee_id) is None:
+    payee = await session.get(User, body.payee_id)
+    if payee is None:
         raise HTTPException(404, f"no user {body.payee_id}")
     applied = await repos(ApplicationRepository, session).exists(
         filters={"job_id": job.id, "worker_id": body.payee_id}
@@ -83,7 +84,7 @@ async def create_payment(
         raise HTTPException(422, f"user {body.payee_id} has not applied to job {job.id}")
     payment = await repos(PaymentRepository, session).create(
         payer_id=user.id,
-        payee_id=body.payee_id,
+        payee_id=payee.id,
         job_id=job.id,
         amount_cents=body.amount_cents,
         status="pending",

@@ -27,7 +27,8 @@ async def reviews_received(
 ) -> ReviewsReceived:
     """The reviews a user received (the latest 50, with their reviewers), their number and
     the average rating."""
-    if await repos(UserRepository, session).get_or_none(user_id) is None:
+    reviewee = await repos(UserRepository, session).get_or_none(user_id)
+    if reviewee is None:
         raise HTTPException(404, f"no user {user_id}")
     reviews = await repos(ReviewsReceivedRepository, session).list(
         filters={"reviewee_id": user_id}, limit=LATEST
@@ -39,7 +40,7 @@ async def reviews_received(
     )
     count, rating_sum = (await session.execute(totals)).one()
     return ReviewsReceived(
-        user_id=user_id,
+        user_id=reviewee.id,
         count=count,
         average_rating=round(rating_sum / count, 2) if count else None,
         reviews=[await review_out(r) for r in reviews],
@@ -51,12 +52,13 @@ async def reviews_given(
     user_id: PathId, _: CurrentUser, session: Session, repos: Repos
 ) -> ReviewsGiven:
     """The reviews a user wrote (the latest 50), with whom they reviewed."""
-    if await repos(UserRepository, session).get_or_none(user_id) is None:
+    reviewer = await repos(UserRepository, session).get_or_none(user_id)
+    if reviewer is None:
         raise HTTPException(404, f"no user {user_id}")
     reviews = await repos(ReviewsGivenRepository, session).list(
         filters={"reviewer_id": user_id}, limit=LATEST
     )
-    return ReviewsGiven(user_id=user_id, reviews=[await review_out(r) for r in reviews])
+    return ReviewsGiven(user_id=reviewer.id, reviews=[await review_out(r) for r in reviews])
 
 
 @router.post(
@@ -74,11 +76,13 @@ async def create_review(
     """Review the other party of a job you paid for or were paid for (once per job)."""
     if body.reviewee_id == user.id:
         raise HTTPException(422, "you cannot review yourself")
-    if await repos(UserRepository, session).get_or_none(body.reviewee_id) is None:
+    reviewee = await repos(UserRepository, session).get_or_none(body.reviewee_id)
+    if reviewee is None:
         raise HTTPException(404, f"no user {body.reviewee_id}")
-    if await session.get(Job, body.job_id) is None:
+    job = await session.get(Job, body.job_id)
+    if job is None:
         raise HTTPException(404, f"no job {body.job_id}")
-    me, them = user.id, body.reviewee_id
+    me, them = user.id, reviewee.id
     paid = await repos(PaymentRepository, session).exists(
         Payment.job_id == body.job_id,
         Payment.status == "confirmed",
@@ -92,7 +96,7 @@ async def create_review(
     review = await repos(ReviewsGivenRepository, session).create(
         reviewer_id=me,
         reviewee_id=them,
-        job_id=body.job_id,
+        job_id=job.id,
         rating=body.rating,
         comment=body.comment,
         created_at=utcnow(),
