@@ -14,10 +14,11 @@ import pytest
 import pytest_asyncio
 
 from marketplace.settings import Settings
+from tests.e2e.facts import Facts
 from tests.e2e.harness import MODES, Api, Dataset, make_dataset, open_api
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from marketplace.data import DataSummary
@@ -62,3 +63,11 @@ async def api(mode: Mode, database_url: str) -> AsyncIterator[Api]:
     """The app in ``mode`` on this test's copy of the small data set, lifespan running."""
     async with open_api(Settings(mode=mode, database_url=database_url)) as running_api:
         yield running_api
+
+
+@pytest.fixture
+def facts(database_url: str) -> Iterator[Facts]:
+    """Ground truth on this test's copy of the data, read without the app."""
+    found = Facts.of(database_url)
+    yield found
+    found.close()

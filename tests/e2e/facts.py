@@ -169,6 +169,10 @@ class Facts:
             select(Application.worker_id).where(Application.job_id == job).order_by(Application.id)
         )
 
+    def job_title(self, job: int) -> str:
+        result: str = self.scalar(select(Job.title).where(Job.id == job))
+        return result
+
     def job_client(self, job: int) -> int:
         result: int = self.scalar(select(Job.client_id).where(Job.id == job))
         return result

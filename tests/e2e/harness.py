@@ -189,20 +189,43 @@ class Api:
         return {"Authorization": f"Bearer {await self.token(user)}"}
 
     async def request(
-        self, method: str, path: str, *, user: int | None = None, json: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        user: int | None = None,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """``method path`` as ``user`` (None: anonymous)."""
         headers = await self.auth(user) if user is not None else {}
-        return await self.client.request(method, path, headers=headers, json=json)
+        return await self.client.request(method, path, headers=headers, json=json, params=params)
 
-    async def get(self, path: str, *, user: int | None = None) -> httpx.Response:
-        return await self.request("GET", path, user=user)
+    async def get(
+        self, path: str, *, user: int | None = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        return await self.request("GET", path, user=user, params=params)
 
     async def post(self, path: str, *, user: int | None = None, json: Any = None) -> httpx.Response:
         return await self.request("POST", path, user=user, json=json)
 
     async def put(self, path: str, *, user: int | None = None, json: Any = None) -> httpx.Response:
         return await self.request("PUT", path, user=user, json=json)
+
+    async def pages(self, path: str, *, user: int, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a keyset-paginated list, following ``next`` to the last page."""
+        items: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(1000):
+            query = {**params, **({"after": after} if after is not None else {})}
+            response = await self.get(path, user=user, params=query)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            items.extend(page["items"])
+            after = page["next"]
+            if after is None:
+                return items
+        raise AssertionError(f"{path} did not reach its last page in 1,000 pages")
 
 
 @contextlib.asynccontextmanager
