@@ -7,6 +7,7 @@ close many applications (tests and the demo do).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,8 @@ from ormtune.backends import MemoryBackend, RedisBackend
 from ormtune.instrumentation import metrics as ormtune_metrics
 
 __all__ = ["create_app"]
+
+_log = logging.getLogger("marketplace")
 
 ASGIApp = Callable[
     [
@@ -78,8 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 if settings.redis_url:
                     # Entries in Redis may predate writes no cache saw (the data generator,
-                    # migrations, another deployment): start from nothing.
-                    query_cache.invalidate()
+                    # migrations, another deployment): start from nothing. If Redis is down,
+                    # ormtune keeps the invalidation pending and serves nothing from the
+                    # cache until Redis has taken it, so the app can start and serve anyway.
+                    try:
+                        query_cache.invalidate()
+                    except ormtune.CacheBackendError:
+                        _log.warning("Redis unreachable at start-up: serving without the cache")
             app.state.runtime = Runtime(
                 settings=settings,
                 engine=engine,
