@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if installation is not None:
                 installation.close()
             if isinstance(backend, RedisBackend):
+                await backend.aclose()  # the asyncio client it made for this event loop
                 backend.close()
             await engine.dispose()
 
