@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--redis-url", default=None, help="tuned mode's shared cache")
     serve.add_argument("--users", type=int, default=None, help="generate this many users first")
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--log-level", default="warning", help="uvicorn's log level")
+    serve.add_argument(
+        "--json-logs", action="store_true", help="ormtune's request and slow-query logs as JSON"
+    )
     migrate = commands.add_parser("migrate", help="run the Alembic migrations")
     migrate.add_argument("--downgrade", action="store_true", help="down to an empty database")
     generate = commands.add_parser("generate", help="generate the data set")
@@ -77,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["MARKETPLACE_DATABASE_URL"] = url
     if args.redis_url:
         os.environ["MARKETPLACE_REDIS_URL"] = args.redis_url
+    if args.json_logs:
+        os.environ["MARKETPLACE_JSON_LOGS"] = "1"
     uvicorn.run(
         "marketplace.asgi:app",
         host=args.host,
