@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--redis-url", default=None, help="tuned mode's shared cache")
-    serve.add_argument("--users", type=int, default=None, help="generate this many users first")
+    serve.add_argument("--users", "--scale", default=None, help="generate this many users first")
     serve.add_argument("--log-level", default="warning", help="uvicorn's log level")
     serve.add_argument(
         "--json-logs", action="store_true", help="ormtune's request and slow-query logs as JSON"
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="run the Alembic migrations")
     migrate.add_argument("--downgrade", action="store_true", help="down to an empty database")
     generate = commands.add_parser("generate", help="generate the data set")
-    generate.add_argument("--users", type=int, default=1000)
+    generate.add_argument("--users", "--scale", default="1000", help="1000, 1k, 10k, 100k")
     generate.add_argument("--seed", type=int, default=0)
     for command in (serve, migrate, generate):
         command.add_argument("--database-url", default=None, help=f"default {DEFAULT_DATABASE_URL}")
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "generate":
         return generate_main(
-            ["--users", str(args.users), "--seed", str(args.seed), "--database-url", url]
+            ["--users", args.users, "--seed", str(args.seed), "--database-url", url]
         )
     import uvicorn
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     upgrade(url)
     if args.users:
-        generate_main(["--users", str(args.users), "--database-url", url])
+        generate_main(["--users", args.users, "--database-url", url])
     os.environ["MARKETPLACE_MODE"] = args.mode
     os.environ["MARKETPLACE_DATABASE_URL"] = url
     if args.redis_url:

@@ -295,11 +295,26 @@ def generate(database_url: str, *, users: int, seed: int = 0) -> DataSummary:
     return summary
 
 
+def _count(text: str) -> int:
+    """``1000``, ``1k``, ``100K`` -> a number of users."""
+    factor = 1000 if text[-1:] in ("k", "K") else 1
+    try:
+        return int(text[:-1] if factor > 1 else text) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of users: {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m marketplace.data", description="Generate the marketplace's data set."
     )
-    parser.add_argument("--users", type=int, default=1000, help="how many users (default 1000)")
+    parser.add_argument(
+        "--users",
+        "--scale",
+        type=_count,
+        default=1000,
+        help="how many users: 1000, 1k, 10k, 100k (default 1000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--database-url",
