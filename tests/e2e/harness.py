@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from marketplace.app import create_app
 from marketplace.data import generate
@@ -46,6 +47,7 @@ __all__ = [
     "open_api",
     "password",
     "running",
+    "samples",
     "serve",
 ]
 
@@ -154,6 +156,15 @@ def make_dataset(directory: Path, users: int, *, seed: int = 0) -> Dataset:
     upgrade(url)
     summary = generate(url, users=users, seed=seed)
     return Dataset(path, users, summary)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus exposition text as ``{(sample name, labels): value}``."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 # --- the app in-process, behind an httpx client --------------------------------------------

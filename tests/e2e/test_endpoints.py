@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from marketplace.models import Application, Job, Payment, Review, utcnow
+from tests.e2e.harness import samples
 
 if TYPE_CHECKING:
     from tests.e2e.facts import Facts
@@ -45,15 +44,6 @@ def review_json(facts: Facts, review: Review) -> dict[str, Any]:
         "rating": review.rating,
         "comment": review.comment,
         "created_at": iso(review.created_at),
-    }
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Prometheus exposition text as ``{(sample name, labels): value}``."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
     }
 
 
