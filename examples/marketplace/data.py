@@ -254,17 +254,22 @@ def _rows(seed: int, users: int) -> tuple[dict[Table, list[dict[str, Any]]], Dat
     return tables, summary
 
 
-def _reset_sequences(connection: Connection, tables: Sequence[Table]) -> None:
-    """PostgreSQL does not move a serial's sequence past explicit ids; MariaDB and SQLite do."""
-    if connection.dialect.name != "postgresql":
-        return
+def _after_load(connection: Connection, tables: Sequence[Table]) -> None:
+    """Sequences past the explicit ids (PostgreSQL does not move a serial's sequence; MariaDB
+    and SQLite do), and fresh planner statistics: a bulk load leaves none until autovacuum
+    gets to it, and the first queries would be planned blind."""
+    dialect = connection.dialect.name
     for table in tables:
-        connection.execute(
-            text(
-                f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table.name}"
+        if dialect == "postgresql":
+            connection.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                    f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table.name}"
+                )
             )
-        )
+            connection.execute(text(f"ANALYZE {table.name}"))
+        elif dialect in ("mysql", "mariadb"):
+            connection.execute(text(f"ANALYZE TABLE {table.name}")).all()
 
 
 def _load(connection: Connection, tables: dict[Table, list[dict[str, Any]]]) -> None:
@@ -273,7 +278,7 @@ def _load(connection: Connection, tables: dict[Table, list[dict[str, Any]]]) -> 
     for table, rows in tables.items():
         for start in range(0, len(rows), CHUNK):
             connection.execute(insert(table), rows[start : start + CHUNK])
-    _reset_sequences(connection, Base.metadata.sorted_tables)
+    _after_load(connection, Base.metadata.sorted_tables)
     users = connection.scalar(select(func.count()).select_from(User.__table__))
     if users != len(tables[User.__table__]):  # type: ignore[index]
         raise RuntimeError(f"expected {len(tables[User.__table__])} users, found {users}")  # type: ignore[index]
