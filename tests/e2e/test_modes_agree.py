@@ -11,7 +11,7 @@ shows up as a difference from naive mode.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from marketplace.models import Job, Payment, utcnow
@@ -38,8 +38,12 @@ def mask(value: Any, since: datetime) -> Any:
         }
     if isinstance(value, list):
         return [mask(item, since) for item in value]
-    if isinstance(value, str) and ISO.match(value) and datetime.fromisoformat(value) >= since:
-        return "<now>"
+    if isinstance(value, str) and ISO.match(value):
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        if moment >= since:
+            return "<now>"
     return value
 
 

@@ -13,7 +13,7 @@ import uvicorn
 def main(argv: list[str]) -> None:
     listener = socket.socket(fileno=int(argv[1]))
     config = uvicorn.Config(
-        "marketplace.asgi:app", lifespan="on", access_log=False, log_level="warning"
+        "marketplace.asgi:app", lifespan="on", access_log=False, log_level="info"
     )
     uvicorn.Server(config).run(sockets=[listener])
 
