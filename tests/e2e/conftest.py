@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-    from marketplace.data import DataSummary
     from marketplace.settings import Mode
 
 SMALL = 20
@@ -38,11 +37,6 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 def large_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """200 generated users (the second scale of the query-budget tests)."""
     return make_dataset(tmp_path_factory.mktemp("large"), LARGE)
-
-
-@pytest.fixture
-def summary(small_dataset: Dataset) -> DataSummary:
-    return small_dataset.summary
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, exists, func, select, true, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from marketplace.db import is_async_url
@@ -24,8 +24,6 @@ from marketplace.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sqlalchemy import Engine
 
 __all__ = ["Facts", "sync_url"]
@@ -204,15 +202,6 @@ class Facts:
     def account(self, user: int) -> AccountDetails | None:
         found = self.scalars(select(AccountDetails).where(AccountDetails.user_id == user))
         return found[0] if found else None
-
-    def payers_and_payees(self) -> Iterator[tuple[int, int]]:
-        payer, payee = aliased(User), aliased(User)
-        with self._session() as session:
-            yield from session.execute(
-                select(payer.id, payee.id)
-                .join(Payment, Payment.payer_id == payer.id)
-                .join(payee, Payment.payee_id == payee.id)
-            ).tuples()
 
     # --- more rows for one user -------------------------------------------------------------
 
