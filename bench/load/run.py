@@ -19,9 +19,11 @@ and the load average. Everything runs on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,12 +75,12 @@ class StepResult:
     errors: dict[str, int]
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -137,7 +139,8 @@ def servers(
 def _counters(bases: Sequence[str]) -> dict[str, int]:
     total = {"statements": 0, "cache_hits": 0, "cache_misses": 0}
     for base in bases:
-        data = _get_json(f"{base}/_load/counters")
+        # a saturated server answers it after the requests queued before it
+        data = _get_json(f"{base}/_load/counters", timeout=300)
         for key in total:
             total[key] += int(data[key])
     return total
@@ -205,12 +208,15 @@ def run_step(
         time.sleep(users / spawn_rate + 5)
         before, pg_before = _counters(bases), _pg_stats(admin, database)
         started = time.monotonic()
-        after, pg_after, ended = before, pg_before, started
         load_samples = []
         while process.poll() is None:
             time.sleep(1)
             load_samples.append(os.getloadavg())
-            after, pg_after, ended = _counters(bases), _pg_stats(admin, database), time.monotonic()
+        # Read at once when locust ends: the servers' counters then cover the window (plus
+        # what was still queued at its end, at the same rate, as the servers are saturated
+        # or idle; the rate divides by the time between the two readings).
+        after, pg_after = _counters(bases), _pg_stats(admin, database)
+        ended = time.monotonic()
     if process.returncode != 0:
         raise SystemExit(f"locust failed ({process.returncode}):\n{log.read_text()[-3000:]}")
     elapsed = ended - started
@@ -294,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", default="50,200,1000", help="simulated users per step")
     parser.add_argument("--step-seconds", type=int, default=45, help="steady state per step")
     parser.add_argument("--wait", default="0.5,1.5", help="think time per user, min,max s")
-    parser.add_argument("--ports", default="8101,8102")
+    parser.add_argument("--ports", default="8101,8102", help="the first mode's; +2 per mode")
     parser.add_argument("--output", type=Path, default=ROOT / "bench/results/load.md")
     args = parser.parse_args(argv)
     server = make_url(args.postgres)
@@ -310,22 +316,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generating {args.users} users into {template}", file=sys.stderr)
         catalog_file = workdir / "catalog.json"
         catalog_file.write_text(json.dumps(_prepare(server, args.users, args.seed, template)))
+        modes = args.modes.split(",")
         try:
-            for mode in args.modes.split(","):
-                database = f"{tag}_{mode}"
-                with admin.connect() as connection:
-                    connection.execute(text(f'CREATE DATABASE "{database}" TEMPLATE "{template}"'))
-                url = server.set(drivername="postgresql+asyncpg", database=database)
-                prefix = f"{tag}-{mode}"
-                with servers(
-                    mode, url.render_as_string(hide_password=False), args.redis, prefix, ports,
-                    workdir / "servers.log",
-                ) as bases:  # fmt: skip
-                    for users in steps:
+            with contextlib.ExitStack() as stack:
+                bases_of = {}
+                for index, mode in enumerate(modes):
+                    database = f"{tag}_{mode}"
+                    with admin.connect() as connection:
+                        connection.execute(
+                            text(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+                        )
+                    url = server.set(drivername="postgresql+asyncpg", database=database)
+                    bases_of[mode] = stack.enter_context(
+                        servers(
+                            mode, url.render_as_string(hide_password=False), args.redis,
+                            f"{tag}-{mode}", [port + 2 * index for port in ports],
+                            workdir / f"servers-{mode}.log",
+                        )
+                    )  # fmt: skip
+                # Modes alternate within each step, so a change in the machine's load during
+                # the run weighs on both alike; the idle mode's servers wait meanwhile.
+                for users in steps:
+                    for mode in modes:
                         print(f"{mode}: {users} users for {args.step_seconds} s", file=sys.stderr)
                         result = run_step(
-                            mode, users, args.step_seconds, bases, catalog_file, workdir, admin,
-                            database, args.wait,
+                            mode, users, args.step_seconds, bases_of[mode], catalog_file,
+                            workdir, admin, f"{tag}_{mode}", args.wait,
                         )  # fmt: skip
                         results.append(result)
                         print(table([result]).splitlines()[-1], file=sys.stderr)
@@ -333,14 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             print(f"    {count}x {error}", file=sys.stderr)
         finally:
             with admin.connect() as connection:
-                for name in [template, *(f"{tag}_{m}" for m in args.modes.split(","))]:
+                for name in [template, *(f"{tag}_{m}" for m in modes)]:
                     connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
             clear_redis(args.redis, tag)
-            server_log = workdir / "servers.log"
-            if server_log.exists() and server_log.stat().st_size:
-                print("server log (last lines):", file=sys.stderr)
-                print(server_log.read_text()[-2000:], file=sys.stderr)
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                kept = args.output.parent / f"load-{log.name}"
+                shutil.copyfile(log, kept)
+                print(f"kept {kept}", file=sys.stderr)
     output = table(results)
     print(output)
     args.output.parent.mkdir(parents=True, exist_ok=True)
