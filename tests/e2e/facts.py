@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, exists, func, select, true, update
+from sqlalchemy import and_, create_engine, func, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -139,7 +139,10 @@ class Facts:
     def reviewable(self) -> tuple[int, int, int]:
         """``(reviewer, reviewee, job)``: a confirmed payment between the two for the job and
         no review by the reviewer yet (the payer reviews the payee)."""
-        reviewed = exists().where(
+        # an outer join, not NOT EXISTS: on SQLAlchemy 2.0 ormtune's soft-delete hook rewrites
+        # EXISTS by table name, and tests/integrity_models.py has soft-deletable tables that
+        # share names with the marketplace's (see the coordinator report)
+        review = and_(
             Review.reviewer_id == Payment.payer_id,
             Review.reviewee_id == Payment.payee_id,
             Review.job_id == Payment.job_id,
@@ -147,7 +150,8 @@ class Facts:
         with self._session() as session:
             row = session.execute(
                 select(Payment.payer_id, Payment.payee_id, Payment.job_id)
-                .where(Payment.status == "confirmed", ~reviewed)
+                .outerjoin(Review, review)
+                .where(Payment.status == "confirmed", Review.id.is_(None))
                 .order_by(Payment.id)
                 .limit(1)
             ).first()
@@ -177,12 +181,13 @@ class Facts:
 
     def unapplied(self, status: str = "open") -> tuple[int, int]:
         """``(worker, job)``: a worker who has not applied to a job of ``status``."""
-        applied = exists().where(Application.job_id == Job.id, Application.worker_id == User.id)
+        applied = and_(Application.job_id == Job.id, Application.worker_id == User.id)
         with self._session() as session:
             row = session.execute(
                 select(User.id, Job.id)
                 .join_from(User, Job, true())  # every worker with every job
-                .where(User.role == "worker", Job.status == status, ~applied)
+                .outerjoin(Application, applied)
+                .where(User.role == "worker", Job.status == status, Application.id.is_(None))
                 .order_by(Job.id, User.id)
                 .limit(1)
             ).first()
