@@ -1,5 +1,7 @@
 """schemathesis against the app's OpenAPI schema, under uvicorn, authenticated, in naive and
-tuned mode: generated requests (valid and invalid, for every operation) never get a 5xx.
+tuned mode: generated requests (valid and invalid, for every operation) never get a 5xx,
+input the schema forbids is rejected with a 4xx, authentication is never ignored, and
+responses have the declared content type.
 Examples are bounded and derandomised so a run is fast and repeatable; a failure prints the
 request that reproduces it."""
 
@@ -11,7 +13,12 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    ignored_auth,
+    negative_data_rejection,
+    not_a_server_error,
+)
 
 from marketplace.app import create_app
 from marketplace.settings import Settings
@@ -63,7 +70,12 @@ def test_no_server_errors(case: Case[Any], fuzzed_server: Server, bearer: dict[s
         base_url=fuzzed_server.base_url,
         headers=bearer,
         timeout=60,
-        checks=[not_a_server_error],
+        checks=[
+            not_a_server_error,
+            negative_data_rejection,  # input the schema forbids is a 4xx
+            ignored_auth,  # an operation that declares auth rejects requests without it
+            content_type_conformance,
+        ],
     )
 
 
