@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from marketplace.data import generate
+from marketplace.db import upgrade
 from marketplace.settings import Settings
+from tests.e2e.databases import scratch_database
 from tests.e2e.facts import Facts
 from tests.e2e.harness import MODES, Api, Dataset, make_dataset, open_api
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from marketplace.settings import Mode
+    from tests.conftest import Backend
 
 SMALL = 20
 LARGE = 200
@@ -65,3 +69,24 @@ def facts(database_url: str) -> Iterator[Facts]:
     found = Facts.of(database_url)
     yield found
     found.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_data(
+    postgresql_backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A PostgreSQL database with the small data set: the template of each test's own copy."""
+    with scratch_database(postgresql_backend, tmp_path_factory.mktemp("pg")) as db:
+        upgrade(db.async_url)
+        generate(db.async_url, users=20)
+        yield db
+
+
+@pytest.fixture
+def postgresql_copy(
+    postgresql_data: Backend, postgresql_backend: Backend, tmp_path: Path
+) -> Iterator[Backend]:
+    """This test's own PostgreSQL database: a copy of :func:`postgresql_data`."""
+    name = postgresql_data.sync_url.rsplit("/", 1)[1]
+    with scratch_database(postgresql_backend, tmp_path, template=name) as db:
+        yield db

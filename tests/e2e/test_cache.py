@@ -12,16 +12,12 @@ import pytest_asyncio
 import redis
 
 import ormtune
-from marketplace.data import generate
-from marketplace.db import upgrade
 from marketplace.settings import Settings
-from tests.e2e.databases import scratch_database
 from tests.e2e.facts import Facts
 from tests.e2e.harness import open_api, samples
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
     from tests.conftest import Backend
     from tests.e2e.harness import Api
@@ -29,34 +25,20 @@ if TYPE_CHECKING:
     Budget = Any
 
 
-@pytest.fixture(scope="session")
-def postgresql_data(
-    postgresql_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """A PostgreSQL database with the small data set: the template of each test's own copy."""
-    with scratch_database(postgresql_backend, tmp_path_factory.mktemp("pg")) as db:
-        upgrade(db.async_url)
-        generate(db.async_url, users=20)
-        yield db
-
-
 @pytest.fixture(
     params=["sqlite-memory", pytest.param("postgresql-redis", marks=pytest.mark.postgresql)]
 )
-def tuned(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> Iterator[Settings]:
+def tuned(request: pytest.FixtureRequest, database_url: str) -> Iterator[Settings]:
     """Tuned-mode settings: SQLite + the in-memory cache, or PostgreSQL + Redis."""
     if request.param == "sqlite-memory":
         yield Settings(mode="tuned", database_url=database_url)
         return
-    template: Backend = request.getfixturevalue("postgresql_data")
-    server: Backend = request.getfixturevalue("postgresql_backend")
+    db: Backend = request.getfixturevalue("postgresql_copy")
     redis_url: str = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")
-    name = template.sync_url.rsplit("/", 1)[1]
-    with scratch_database(server, tmp_path, template=name) as db:
-        yield Settings(
-            mode="tuned", database_url=db.async_url, redis_url=redis_url, cache_prefix=prefix
-        )
+    yield Settings(
+        mode="tuned", database_url=db.async_url, redis_url=redis_url, cache_prefix=prefix
+    )
 
 
 @pytest_asyncio.fixture

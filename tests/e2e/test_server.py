@@ -9,16 +9,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from marketplace.data import generate
-from marketplace.db import upgrade
 from marketplace.settings import Settings
-from tests.e2e.databases import scratch_database
 from tests.e2e.facts import Facts
 from tests.e2e.harness import TIMEOUT, email, password, samples, serve
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.conftest import Backend
     from tests.e2e.harness import Dataset, Server
@@ -109,31 +105,20 @@ class TestUvicorn:
         assert found[("ormtune_http_server_request_db_queries_count", route)] >= 1
 
 
-@pytest.fixture
-def postgresql_database(
-    postgresql_backend: Backend, small_dataset: Dataset, tmp_path: Path
-) -> Iterator[Backend]:
-    """A PostgreSQL database of this test's own, with the small data set."""
-    with scratch_database(postgresql_backend, tmp_path) as db:
-        upgrade(db.async_url)
-        generate(db.async_url, users=small_dataset.users)
-        yield db
-
-
 @pytest.mark.postgresql
 def test_two_servers_share_redis(
-    postgresql_database: Backend, redis_url: str, redis_prefix: str
+    postgresql_copy: Backend, redis_url: str, redis_prefix: str
 ) -> None:
     """Two tuned servers (two processes, as uvicorn workers are) on one database and one Redis
     prefix: after a write returns through one, the next read through the other shows it, even
     though that read was being served from the shared cache."""
     settings = Settings(
         mode="tuned",
-        database_url=postgresql_database.async_url,
+        database_url=postgresql_copy.async_url,
         redis_url=redis_url,
         cache_prefix=redis_prefix,
     )
-    facts = Facts.of(postgresql_database.sync_url)
+    facts = Facts.of(postgresql_copy.sync_url)
     try:
         client_id, worker, job = facts.payable()
         reviewer, reviewee, reviewed_job = facts.reviewable()
