@@ -27,6 +27,7 @@ class Settings:
     * ``redis_url``: tuned mode only; None keeps the cache in this process's memory, a URL
       shares it through Redis (keys under ``cache_prefix``).
     * ``token_ttl_seconds``: how long an access token is valid.
+    * ``pool_size``: server databases' connection pool (as many again may overflow).
     """
 
     mode: Mode = "tuned"
@@ -44,12 +45,14 @@ class Settings:
             )
         if self.token_ttl_seconds <= 0:
             raise ValueError(f"token_ttl_seconds must be positive, not {self.token_ttl_seconds}")
+        if self.pool_size <= 0:
+            raise ValueError(f"pool_size must be positive, not {self.pool_size}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings from ``MARKETPLACE_MODE``, ``MARKETPLACE_DATABASE_URL``,
-        ``MARKETPLACE_REDIS_URL``, ``MARKETPLACE_TOKEN_TTL`` and ``MARKETPLACE_CACHE_PREFIX``
-        (each optional)."""
+        ``MARKETPLACE_REDIS_URL``, ``MARKETPLACE_TOKEN_TTL``, ``MARKETPLACE_CACHE_PREFIX`` and
+        ``MARKETPLACE_POOL_SIZE`` (each optional)."""
         env = os.environ if environ is None else environ
         mode = env.get("MARKETPLACE_MODE", "tuned")
         return cls(
@@ -58,4 +61,5 @@ class Settings:
             redis_url=env.get("MARKETPLACE_REDIS_URL") or None,
             token_ttl_seconds=int(env.get("MARKETPLACE_TOKEN_TTL", 12 * 3600)),
             cache_prefix=env.get("MARKETPLACE_CACHE_PREFIX", "marketplace"),
+            pool_size=int(env.get("MARKETPLACE_POOL_SIZE", 20)),
         )
