@@ -90,3 +90,12 @@ def postgresql_copy(
     name = postgresql_data.sync_url.rsplit("/", 1)[1]
     with scratch_database(postgresql_backend, tmp_path, template=name) as db:
         yield db
+
+
+@pytest.fixture
+def mariadb_data(mariadb_backend: Backend, tmp_path: Path) -> Iterator[Backend]:
+    """A MariaDB database of this test's own with the small data set."""
+    with scratch_database(mariadb_backend, tmp_path) as db:
+        upgrade(db.async_url)
+        generate(db.async_url, users=20)
+        yield db
