@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,7 @@ __all__ = [
     "running",
     "samples",
     "serve",
+    "utc",
 ]
 
 MODES: tuple[Mode, ...] = ("naive", "tuned", "handwritten")
@@ -57,6 +60,24 @@ ROOT = Path(__file__).resolve().parents[2]
 # Generous: a request waits for nothing but the app (and, under uvicorn, the server's start).
 TIMEOUT = httpx.Timeout(60.0)
 SHUTDOWN = "Application shutdown complete."  # uvicorn's log line after the lifespan's exit
+
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+
+
+def utc(value: Any) -> Any:
+    """A JSON value with every timestamp as naive UTC (``2026-01-01T00:01:00``), the form the
+    database stores, whether the app writes it with an offset (``...Z``, ``+00:00``) or not."""
+    if isinstance(value, dict):
+        return {key: utc(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [utc(item) for item in value]
+    if isinstance(value, str) and _ISO.match(value):
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.isoformat()
+    return value
 
 
 def password(user: int) -> str:

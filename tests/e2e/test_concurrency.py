@@ -11,7 +11,7 @@ import pytest
 from marketplace.models import Application, Payment
 from marketplace.settings import Settings
 from tests.e2e.facts import Facts
-from tests.e2e.harness import open_api
+from tests.e2e.harness import open_api, utc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,7 +48,7 @@ async def test_confirm_once(mode: Mode, postgresql_copy: Backend, truth: Facts) 
     (winner,) = [r.json() for r in responses if r.status_code == 200]
     (stored,) = [p for p in truth.payments_of(pending.payer_id) if p.id == pending.id]
     assert stored.status == "confirmed"
-    assert winner["confirmed_at"] == stored.confirmed_at.isoformat()  # type: ignore[union-attr]
+    assert utc(winner)["confirmed_at"] == stored.confirmed_at.isoformat()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("mode", ["naive", "tuned"])

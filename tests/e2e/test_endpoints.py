@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from marketplace.models import Application, Job, Payment, Review, utcnow
-from tests.e2e.harness import samples
+from tests.e2e.harness import samples, utc
 
 if TYPE_CHECKING:
     from tests.e2e.facts import Facts
@@ -51,7 +51,7 @@ class TestSystem:
     async def test_healthz(self, api: Api) -> None:
         response = await api.get("/healthz")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok"}
+        assert utc(response.json()) == {"status": "ok"}
 
     async def test_metrics(self, api: Api) -> None:
         job = await api.get("/jobs/1", user=1)
@@ -80,7 +80,7 @@ class TestAuth:
             "/auth/token", json={"email": "user3@example.com", "password": "password-3"}
         )
         assert response.status_code == 200, response.text
-        body = response.json()
+        body = utc(response.json())
         assert set(body) == {"access_token", "token_type", "expires_at"}
         assert body["token_type"] == "bearer"
         ttl = timedelta(seconds=api.settings.token_ttl_seconds)
@@ -89,7 +89,7 @@ class TestAuth:
         headers = {"Authorization": f"Bearer {body['access_token']}"}
         me = await api.client.get("/account-details", headers=headers)
         assert me.status_code == 200
-        assert me.json()["user_id"] == 3
+        assert utc(me.json())["user_id"] == 3
 
     async def test_wrong_password_or_email(self, api: Api) -> None:
         for body in (
@@ -98,7 +98,7 @@ class TestAuth:
         ):
             response = await api.post("/auth/token", json=body)
             assert response.status_code == 401
-            assert response.json() == {"detail": "wrong email or password"}
+            assert utc(response.json()) == {"detail": "wrong email or password"}
 
 
 class TestPayments:
@@ -108,7 +108,7 @@ class TestPayments:
         assert response.status_code == 200, response.text
         expected = [payment_json(facts, p) for p in facts.payments_of(payer)[:50]]
         assert expected
-        assert response.json() == {"user_id": payer, "payments": expected}
+        assert utc(response.json()) == {"user_id": payer, "payments": expected}
 
     async def test_history_pages(self, api: Api, facts: Facts) -> None:
         payee = facts.busiest(Payment, Payment.payee_id)
@@ -130,7 +130,7 @@ class TestPayments:
         before = await api.get("/payments/history", user=worker)
         response = await api.post("/payments", user=client, json=body)
         assert response.status_code == 201, response.text
-        created = response.json()
+        created = utc(response.json())
         assert created["payer"] == ref(facts, client)
         assert created["payee"] == ref(facts, worker)
         assert created["job"]["id"] == job
@@ -138,17 +138,17 @@ class TestPayments:
         assert created["confirmed_at"] is None
         (stored,) = [p for p in facts.payments_of(worker) if p.id == created["id"]]
         assert payment_json(facts, stored) == created
-        after = (await api.get("/payments/history", user=worker)).json()["items"]
+        after = utc((await api.get("/payments/history", user=worker)).json())["items"]
         assert after[0]["id"] == created["id"]
         assert after[0]["direction"] == "received"
-        assert after[1:] == before.json()["items"][: len(after) - 1]
+        assert after[1:] == utc(before.json())["items"][: len(after) - 1]
 
     async def test_confirm(self, api: Api, facts: Facts) -> None:
         pending = facts.pending_payment()
         path = f"/payments/{pending.id}/confirm"
         response = await api.post(path, user=pending.payer_id)
         assert response.status_code == 200, response.text
-        confirmed = response.json()
+        confirmed = utc(response.json())
         assert confirmed["status"] == "confirmed"
         assert confirmed["confirmed_at"] is not None
         (stored,) = [p for p in facts.payments_of(pending.payer_id) if p.id == pending.id]
@@ -156,7 +156,7 @@ class TestPayments:
         assert payment_json(facts, stored) == confirmed
         again = await api.post(path, user=pending.payer_id)
         assert again.status_code == 409
-        assert again.json() == {"detail": f"payment {pending.id} is already confirmed"}
+        assert utc(again.json()) == {"detail": f"payment {pending.id} is already confirmed"}
 
 
 class TestReviews:
@@ -166,7 +166,7 @@ class TestReviews:
         assert response.status_code == 200, response.text
         reviews = facts.reviews_received(user)
         assert len(reviews) > 1
-        assert response.json() == {
+        assert utc(response.json()) == {
             "user_id": user,
             "count": len(reviews),
             "average_rating": round(sum(r.rating for r in reviews) / len(reviews), 2),
@@ -177,7 +177,7 @@ class TestReviews:
         nobody = next(u for u in facts.users() if not facts.reviews_received(u))
         response = await api.get(f"/reviews/{nobody}", user=1)
         assert response.status_code == 200
-        assert response.json() == {
+        assert utc(response.json()) == {
             "user_id": nobody,
             "count": 0,
             "average_rating": None,
@@ -190,25 +190,25 @@ class TestReviews:
         assert response.status_code == 200, response.text
         reviews = facts.reviews_given(user)
         assert reviews
-        assert response.json() == {
+        assert utc(response.json()) == {
             "user_id": user,
             "reviews": [review_json(facts, r) for r in reviews[:50]],
         }
 
     async def test_write(self, api: Api, facts: Facts) -> None:
         reviewer, reviewee, job = facts.reviewable()
-        received = (await api.get(f"/reviews/{reviewee}", user=reviewer)).json()
+        received = utc((await api.get(f"/reviews/{reviewee}", user=reviewer)).json())
         body = {"reviewee_id": reviewee, "job_id": job, "rating": 2, "comment": "late"}
         response = await api.post("/reviews", user=reviewer, json=body)
         assert response.status_code == 201, response.text
-        created = response.json()
+        created = utc(response.json())
         (stored,) = [r for r in facts.reviews_given(reviewer) if r.id == created["id"]]
         assert review_json(facts, stored) == created
         assert (created["rating"], created["comment"]) == (2, "late")
-        now = (await api.get(f"/reviews/{reviewee}", user=reviewer)).json()
+        now = utc((await api.get(f"/reviews/{reviewee}", user=reviewer)).json())
         assert now["count"] == received["count"] + 1
         assert now["reviews"][0] == created
-        given = (await api.get(f"/reviews/by/{reviewer}", user=reviewee)).json()
+        given = utc((await api.get(f"/reviews/by/{reviewer}", user=reviewee)).json())
         assert given["reviews"][0] == created
         again = await api.post("/reviews", user=reviewer, json=body)
         assert again.status_code == 409
@@ -218,7 +218,7 @@ class TestAccounts:
     async def test_profile(self, api: Api, facts: Facts) -> None:
         response = await api.get("/profiles/4", user=1)
         assert response.status_code == 200, response.text
-        body = response.json()
+        body = utc(response.json())
         assert body["user_id"] == 4
         assert body["name"] == facts.name(4)
         assert body["role"] == facts.role(4) == "worker"
@@ -240,7 +240,7 @@ class TestAccounts:
         assert response.status_code == 200, response.text
         stored = facts.account(5)
         assert stored is not None
-        assert response.json() == {
+        assert utc(response.json()) == {
             "user_id": 5,
             "holder_name": stored.holder_name,
             "iban": stored.iban,
@@ -259,16 +259,16 @@ class TestAccounts:
         }
         response = await api.put("/account-details", user=5, json=body)
         assert response.status_code == 200, response.text
-        updated = response.json()
+        updated = utc(response.json())
         assert {key: updated[key] for key in body} == body
         assert updated["user_id"] == 5
         stored = facts.account(5)
         assert stored is not None
         assert stored.iban == body["iban"]
         now = await api.get("/account-details", user=5)
-        assert now.json() == updated
+        assert utc(now.json()) == updated
         other = await api.get("/account-details", user=7)
-        assert other.json()["iban"] != body["iban"]
+        assert utc(other.json())["iban"] != body["iban"]
 
 
 class TestJobs:
@@ -276,7 +276,7 @@ class TestJobs:
         job = facts.busiest(Application, Application.job_id)
         response = await api.get(f"/jobs/{job}", user=2)
         assert response.status_code == 200, response.text
-        body = response.json()
+        body = utc(response.json())
         assert body["id"] == job
         assert body["client"] == ref(facts, facts.job_client(job))
         applicants = facts.applicants(job)
@@ -301,7 +301,7 @@ class TestJobs:
         body = {"title": "Paint a fence", "description": "white", "budget_cents": 20_000}
         response = await api.post("/jobs", user=3, json=body)
         assert response.status_code == 201, response.text
-        job = response.json()
+        job = utc(response.json())
         assert {key: job[key] for key in body} == body
         assert (job["status"], job["client"], job["applications"]) == (
             "open",
@@ -309,22 +309,22 @@ class TestJobs:
             [],
         )
         assert facts.jobs()[0] == job["id"] == facts.max_id(Job)
-        first = (await api.get("/jobs", user=4, params={"limit": 1})).json()["items"][0]
+        first = utc((await api.get("/jobs", user=4, params={"limit": 1})).json())["items"][0]
         assert first["id"] == job["id"]
         detail = await api.get(f"/jobs/{job['id']}", user=4)
-        assert detail.json() == job
+        assert utc(detail.json()) == job
 
     async def test_apply(self, api: Api, facts: Facts) -> None:
         worker, job = facts.unapplied()
-        before = (await api.get(f"/jobs/{job}", user=worker)).json()
+        before = utc((await api.get(f"/jobs/{job}", user=worker)).json())
         body = {"cover_letter": "hire me", "bid_cents": 4_200}
         response = await api.post(f"/jobs/{job}/apply", user=worker, json=body)
         assert response.status_code == 201, response.text
-        application = response.json()
+        application = utc(response.json())
         assert application["worker"] == ref(facts, worker)
         assert (application["job_id"], application["bid_cents"]) == (job, 4_200)
         assert facts.applicants(job)[-1] == worker
-        after = (await api.get(f"/jobs/{job}", user=worker)).json()
+        after = utc((await api.get(f"/jobs/{job}", user=worker)).json())
         assert after["applications"] == [*before["applications"], application]
         again = await api.post(f"/jobs/{job}/apply", user=worker, json=body)
         assert again.status_code == 409

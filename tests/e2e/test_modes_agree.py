@@ -11,7 +11,7 @@ shows up as a difference from naive mode.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,7 +20,7 @@ from marketplace.models import Job, Payment, utcnow
 from marketplace.settings import Settings
 from marketplace.workload import catalog_from_database, plan
 from tests.e2e.facts import Facts
-from tests.e2e.harness import MODES, open_api
+from tests.e2e.harness import MODES, open_api, utc
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,12 +41,8 @@ def mask(value: Any, since: datetime) -> Any:
         }
     if isinstance(value, list):
         return [mask(item, since) for item in value]
-    if isinstance(value, str) and ISO.match(value):
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
-        if moment >= since:
-            return "<now>"
+    if isinstance(value, str) and ISO.match(value) and datetime.fromisoformat(utc(value)) >= since:
+        return "<now>"
     return value
 
 
