@@ -65,6 +65,8 @@ class StepResult:
     p95: float
     p99: float
     read_p95: float
+    served: int
+    cpu_ms_per_request: float
     hit_rate: float | None
     statements_per_second: float
     transactions_per_second: float
@@ -121,6 +123,7 @@ def servers(
                     subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
                 )
             bases.append(f"http://127.0.0.1:{port}")
+            PIDS[bases[-1]] = processes[-1].pid
         for base, process in zip(bases, processes, strict=True):
             _wait_healthy(base, process)
         yield bases
@@ -136,8 +139,21 @@ def servers(
                 process.wait()
 
 
+# base URL -> the pid of the uvicorn process serving it
+PIDS: dict[str, int] = {}
+
+
+def _cpu_seconds(bases: Sequence[str]) -> float:
+    """User + system CPU time the servers' processes have used (Linux /proc)."""
+    total = 0
+    for base in bases:
+        fields = Path(f"/proc/{PIDS[base]}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _counters(bases: Sequence[str]) -> dict[str, int]:
-    total = {"statements": 0, "cache_hits": 0, "cache_misses": 0}
+    total = {"statements": 0, "cache_hits": 0, "cache_misses": 0, "requests": 0}
     for base in bases:
         # a saturated server answers it after the requests queued before it
         data = _get_json(f"{base}/_load/counters", timeout=300)
@@ -207,7 +223,7 @@ def run_step(
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         time.sleep(users / spawn_rate + 5)
         before, pg_before = _counters(bases), _pg_stats(admin, database)
-        started = time.monotonic()
+        cpu_before, started = _cpu_seconds(bases), time.monotonic()
         load_samples = []
         while process.poll() is None:
             time.sleep(1)
@@ -216,7 +232,7 @@ def run_step(
         # what was still queued at its end, at the same rate, as the servers are saturated
         # or idle; the rate divides by the time between the two readings).
         after, pg_after = _counters(bases), _pg_stats(admin, database)
-        ended = time.monotonic()
+        cpu_after, ended = _cpu_seconds(bases), time.monotonic()
     if process.returncode != 0:
         raise SystemExit(f"locust failed ({process.returncode}):\n{log.read_text()[-3000:]}")
     elapsed = ended - started
@@ -242,6 +258,10 @@ def run_step(
         p95=float(total["95%"]),
         p99=float(total["99%"]),
         read_p95=read_p95,
+        served=after["requests"] - before["requests"],
+        cpu_ms_per_request=1000
+        * (cpu_after - cpu_before)
+        / max(1, after["requests"] - before["requests"]),
         hit_rate=(after["cache_hits"] - before["cache_hits"]) / lookups if lookups else None,
         statements_per_second=(after["statements"] - before["statements"]) / elapsed,
         transactions_per_second=(pg_after["xacts"] - pg_before["xacts"]) / elapsed,
@@ -261,9 +281,9 @@ def _weighted_p95(rows: Sequence[dict[str, str]]) -> float:
 def table(results: Sequence[StepResult]) -> str:
     lines = [
         "| mode | users | requests | req/s | read req/s | p50 | p95 | p99 | errors "
-        "| cache hit rate | SQL statements/s | PG xact/s | stale reads (checks) "
-        "| load avg (1 min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cache hit rate | SQL statements/s | PG xact/s | server CPU/request "
+        "| stale reads (checks) | load avg (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         hit = "-" if r.hit_rate is None else f"{r.hit_rate:.1%}"
@@ -271,6 +291,7 @@ def table(results: Sequence[StepResult]) -> str:
             f"| {r.mode} | {r.users:,} | {r.requests:,} | {r.rps:.0f} | {r.read_rps:.0f} "
             f"| {r.p50:.0f} ms | {r.p95:.0f} ms | {r.p99:.0f} ms | {r.failures} | {hit} "
             f"| {r.statements_per_second:,.0f} | {r.transactions_per_second:,.0f} "
+            f"| {r.cpu_ms_per_request:.1f} ms "
             f"| {r.violations} ({r.checks}) | {r.load[0]:.1f} |"
         )
     return "\n".join(lines)
