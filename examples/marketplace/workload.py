@@ -456,28 +456,46 @@ def plan(catalog: Catalog, *, requests: int, seed: int = 0, sessions: int = 40) 
 
 
 class Mix:
-    """The load test's endless stream for one simulated user acting as ``actor``: about 90%
-    reads and 10% writes (``READ_WEIGHTS`` / ``WRITE_WEIGHTS``), targets Zipf-distributed."""
+    """The load test's endless stream for one simulated user acting as ``actor``: 90% reads
+    and 10% writes (``READ_WEIGHTS`` / ``WRITE_WEIGHTS`` within each), targets Zipf-distributed.
+
+    Read or write is drawn first, then the endpoint; a write this user cannot make (a worker
+    posting a job, no pending payment left to confirm) is replaced by another write, so the
+    share of writes stays 10% whatever the user's role (``PUT /account-details`` is always
+    possible).
+    """
 
     def __init__(self, catalog: Catalog, actor: int, *, seed: int) -> None:
         self.actor = actor
         self._rng = random.Random(seed)
         # The Zipf ranking is the same for every simulated user (seed 0): they share hot users.
         self._makers = _Makers(catalog, 0)
-        weights = {**READ_WEIGHTS, **WRITE_WEIGHTS}
-        self._endpoints = list(weights)
-        self._cumulative = list(itertools.accumulate(weights.values()))
+        self._classes = [_Weighted(READ_WEIGHTS), _Weighted(WRITE_WEIGHTS)]
+        reads, writes = sum(READ_WEIGHTS.values()), sum(WRITE_WEIGHTS.values())
+        self._read_share = reads / (reads + writes)
 
     def __iter__(self) -> Iterator[Call]:
         return self
 
     def __next__(self) -> Call:
+        endpoints = self._classes[self._rng.random() >= self._read_share]
         while True:
-            point = self._rng.random() * self._cumulative[-1]
-            endpoint = self._endpoints[bisect.bisect_right(self._cumulative, point)]
-            call = self._makers.by_endpoint[endpoint](self._rng, self.actor)
+            call = self._makers.by_endpoint[endpoints.draw(self._rng)](self._rng, self.actor)
             if call is not None:
                 return call
+
+
+class _Weighted:
+    """Seeded weighted draws of endpoint names."""
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        self._names = list(weights)
+        self._cumulative = list(itertools.accumulate(weights.values()))
+
+    def draw(self, rng: random.Random) -> str:
+        return self._names[
+            bisect.bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
+        ]
 
 
 @dataclass(frozen=True, slots=True)
