@@ -1,8 +1,8 @@
 """Errors as JSON ``{"detail": ...}`` with the right status, documented in the OpenAPI schema.
 
-Bad input is a 4xx, never a 500: pydantic's validation errors (422), ormtune's repository
-errors (404, 409, 422 for a tampered cursor), SQLAlchemy's optimistic-concurrency failure
-(409). A database that is down or too busy to answer is a 503.
+Bad input is a 4xx, never a 500: pydantic's validation errors and bodies that are not UTF-8
+text (422), ormtune's repository errors (404, 409, 422 for a tampered cursor), SQLAlchemy's
+optimistic-concurrency failure (409). A database that is down or too busy to answer is a 503.
 """
 
 import json
@@ -10,12 +10,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ormtune.exceptions import DuplicateKeyError, ForeignKeyError, InvalidCursorError, NotFoundError
 
@@ -65,6 +67,15 @@ async def _invalid_input(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, jsonable_encoder(exc.errors()))
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's 400 for a body that is not UTF-8 text: invalid input, like bad JSON (422)
+        detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not UTF-8 text"}]
+        return _error(422, detail)
+    return await http_exception_handler(request, exc)
+
+
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return _error(404, str(exc))
 
@@ -94,6 +105,7 @@ async def _unavailable(_: Request, _exc: Exception) -> JSONResponse:
 
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_input)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(DuplicateKeyError, _conflict)
     app.add_exception_handler(ForeignKeyError, _conflict)

@@ -4,7 +4,7 @@ Text is checked for what a database driver would reject later (NUL characters, u
 surrogates), so bad input is a 422, never a 500. Integers stay within 32-bit columns.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -50,6 +50,15 @@ def _storable(value: str) -> str:
 
 
 Storable = AfterValidator(_storable)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The database keeps naive UTC; responses say so (``2026-01-01T00:01:00Z``), as the schema's
+# ``format: date-time`` (RFC 3339: an offset is required) promises.
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
 Id = Annotated[int, Field(ge=1, le=MAX_INT)]
 Cents = Annotated[int, Field(ge=1, le=MAX_CENTS)]
 
@@ -66,7 +75,7 @@ class LoginIn(_In):
 class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_at: datetime
+    expires_at: Timestamp
 
 
 class UserRef(BaseModel):
@@ -92,8 +101,8 @@ class PaymentOut(BaseModel):
     job: JobRef
     amount_cents: int
     status: Literal["pending", "confirmed"]
-    created_at: datetime
-    confirmed_at: datetime | None
+    created_at: Timestamp
+    confirmed_at: Timestamp | None
 
 
 class UserPayments(BaseModel):
@@ -110,8 +119,8 @@ class HistoryItem(BaseModel):
     job: JobRef
     amount_cents: int
     status: Literal["pending", "confirmed"]
-    created_at: datetime
-    confirmed_at: datetime | None
+    created_at: Timestamp
+    confirmed_at: Timestamp | None
 
 
 class PaymentPage(BaseModel):
@@ -133,7 +142,7 @@ class ReviewOut(BaseModel):
     job: JobRef
     rating: int
     comment: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class ReviewsReceived(BaseModel):
@@ -157,7 +166,7 @@ class ProfileOut(BaseModel):
     skills: list[str]
     city: str
     hourly_rate_cents: int
-    member_since: datetime
+    member_since: Timestamp
 
 
 class AccountDetailsIn(_In):
@@ -173,7 +182,7 @@ class AccountDetailsOut(BaseModel):
     iban: str
     bic: str
     currency: str
-    updated_at: datetime
+    updated_at: Timestamp
 
 
 class JobIn(_In):
@@ -193,7 +202,7 @@ class ApplicationOut(BaseModel):
     worker: UserRef
     cover_letter: str
     bid_cents: int
-    created_at: datetime
+    created_at: Timestamp
 
 
 class JobSummary(BaseModel):
@@ -202,7 +211,7 @@ class JobSummary(BaseModel):
     status: Literal["open", "closed"]
     budget_cents: int
     client: UserRef
-    created_at: datetime
+    created_at: Timestamp
 
 
 class JobPage(BaseModel):
@@ -217,7 +226,7 @@ class JobDetail(BaseModel):
     status: Literal["open", "closed"]
     budget_cents: int
     client: UserRef
-    created_at: datetime
+    created_at: Timestamp
     applications: list[ApplicationOut]
 
 
