@@ -1,7 +1,7 @@
 """schemathesis against the app's OpenAPI schema, under uvicorn, authenticated, in naive and
 tuned mode: generated requests (valid and invalid, for every operation) never get a 5xx,
-input the schema forbids is rejected with a 4xx, authentication is never ignored, and
-responses have the declared content type.
+input the schema forbids is rejected with a 4xx, authentication is never ignored, and every
+response has a documented status, the declared content type and a body matching its schema.
 Examples are bounded and derandomised so a run is fast and repeatable; a failure prints the
 request that reproduces it."""
 
@@ -18,6 +18,8 @@ from schemathesis.checks import (
     ignored_auth,
     negative_data_rejection,
     not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
 )
 
 from marketplace.app import create_app
@@ -75,6 +77,8 @@ def test_no_server_errors(case: Case[Any], fuzzed_server: Server, bearer: dict[s
             negative_data_rejection,  # input the schema forbids is a 4xx
             ignored_auth,  # an operation that declares auth rejects requests without it
             content_type_conformance,
+            status_code_conformance,  # every status is one the schema documents
+            response_schema_conformance,  # every body matches its documented schema
         ],
     )
 
