@@ -465,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     backend = "PostgreSQL + Redis" if args.postgres else "SQLite + in-memory cache"
     print(
-        f"marketplace demo on {backend}: {args.users} users, {args.requests} requests per mode",
+        f"marketplace demo on {backend}: {args.users} users, {args.requests} workload requests "
+        "per run (plus logins), six runs",
         file=sys.stderr,
     )
     began = time.perf_counter()
