@@ -42,9 +42,10 @@ logger = logging.getLogger("ormtune.querylog")
 _STARTED = "_ormtune_started"  # attribute set on the ExecutionContext by before_cursor_execute
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen one costs a request 6 setattr calls
 class _Sink:
-    """One receiver of events: a capture's log or an observer, with what it asked for."""
+    """One receiver of events: a capture's log or an observer, with what it asked for
+    (never changed after it is made)."""
 
     engines: tuple[Engine, ...]  # empty: every engine
     callsites: bool
@@ -57,6 +58,9 @@ class _Sink:
         if not self.engines:
             return True
         pool = engine.pool
+        if len(self.engines) == 1:  # the usual case, without a generator per statement
+            wanted = self.engines[0]
+            return engine is wanted or pool is wanted.pool
         return any(engine is wanted or pool is wanted.pool for wanted in self.engines)
 
     def deliver(self, query: QueryEvent) -> None:
