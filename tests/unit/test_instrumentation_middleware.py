@@ -216,6 +216,30 @@ async def test_statement_durations_are_recorded_when_their_request_ends(db: Asyn
     )
 
 
+async def test_a_request_sees_its_statements_in_the_histogram_only_after_it_ends(
+    db: AsyncEngine,
+) -> None:
+    registry = CollectorRegistry()
+    count = "ormtune_db_client_operation_duration_seconds_count"
+    labels = {"operation": "select", "table": "items", "database": "sqlite/" + str(db.url.database)}
+
+    async def during(request: Request) -> JSONResponse:
+        async with db.connect() as conn:
+            await conn.execute(text("select count(*) from items"))
+            await conn.execute(text("select count(*) from items"))
+        return JSONResponse({"seen": registry.get_sample_value(count, labels)})
+
+    app = Starlette(routes=[Route("/during", during)])
+    app.add_middleware(OrmtuneMiddleware, metrics=metrics(registry))
+    with instrument(db, registry=registry):
+        async with client(app) as http:
+            first = await http.get("/during")
+            second = await http.get("/during")
+    assert first.json() == {"seen": 0.0}  # the child exists, its statements are held back
+    assert second.json() == {"seen": 2.0}  # the first request's two, not yet its own
+    assert registry.get_sample_value(count, labels) == 4
+
+
 async def test_an_application_error_is_recorded_as_500_and_passed_on(db: AsyncEngine) -> None:
     registry = CollectorRegistry()
     app = starlette_app(db, metrics=metrics(registry))
