@@ -10,7 +10,7 @@ endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(SQLALCHEMY)
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-capture serve test lint format bench load clean
 
 $(STAMP): pyproject.toml requirements/dev.txt requirements/sqlalchemy-$(SQLALCHEMY).txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,21 @@ $(STAMP): pyproject.toml requirements/dev.txt requirements/sqlalchemy-$(SQLALCHE
 		-r requirements/sqlalchemy-$(SQLALCHEMY).txt -e '.[dev]'
 	@touch $@
 
-demo: $(STAMP)  ## the 1-minute demonstration on an embedded SQLite database
+# The reference application (examples/marketplace, the Python package `marketplace`).
+MARKETPLACE := PYTHONPATH=examples $(BIN)/python -m marketplace
+
+demo: $(STAMP)  ## the before/after table: one workload, every endpoint, naive/tuned/handwritten (SQLite)
+	$(MARKETPLACE).demo $(DEMO_ARGS)
+
+demo-capture: $(STAMP)  ## capture a naive loop; see, budget, detect and autoload its N+1 (SQLite)
 	$(BIN)/python examples/capture_demo.py
+
+SERVE_DATABASE ?= marketplace.db
+serve: $(STAMP)  ## the marketplace in tuned mode on http://127.0.0.1:8000 (/docs, /metrics)
+	@test -f $(SERVE_DATABASE) || $(MARKETPLACE).data --users 1000 \
+		--database-url sqlite+aiosqlite:///$(SERVE_DATABASE)
+	$(MARKETPLACE) serve --mode tuned --port 8000 \
+		--database-url sqlite+aiosqlite:///$(SERVE_DATABASE) $(SERVE_ARGS)
 
 test: $(STAMP)  ## the whole test suite (services that are down are skipped, or fail in CI)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -59,6 +72,15 @@ bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/cache_hitrate.py
 	$(BENCH_VENV)/bin/python bench/instrumentation_overhead.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/audit_overhead.py $(BENCH_ARGS)
+
+# The load test (bench/load/): locust against two uvicorn processes on PostgreSQL + Redis.
+$(BENCH_VENV)/.installed-load: $(BENCH_VENV)/.installed bench/load/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c requirements/dev.txt \
+		-r bench/load/requirements.txt
+	@touch $@
+
+load: $(BENCH_VENV)/.installed-load  ## the load test (docs/benchmarks.md, "Load test"); LOAD_ARGS=...
+	PYTHONPATH=examples $(BENCH_VENV)/bin/python bench/load/run.py $(LOAD_ARGS)
 
 clean:
 	rm -rf .venv .venv-sqlalchemy-* .venv-bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

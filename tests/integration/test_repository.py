@@ -6,11 +6,13 @@ must not grow with the number of parents (1, 10, 100), while the same read witho
 
 from __future__ import annotations
 
+import base64
 import inspect as pyinspect
+import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from ormtune.exceptions import (
     ConfigurationError,
@@ -21,6 +23,7 @@ from ormtune.exceptions import (
     UnknownFieldError,
 )
 from ormtune.repository import AsyncRepository, Repository
+from ormtune.repository._query import decode_cursor
 from ormtune.testing import assert_num_queries
 from tests.integrity_models import Account, Job, Payment, Tag, User
 
@@ -229,6 +232,47 @@ async def test_keyset_pages_visit_every_row_once_in_order(integrity_db: Harness)
         await repo.page(order_by=["-amount"], after="%%%garbage")
     with pytest.raises(ConfigurationError, match=r"nullable"):
         await repo.page(order_by=["job_id"])
+
+
+def _cursor(signature: list[str], values: list[object]) -> str:
+    raw = json.dumps([signature, values]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [None, 1],  # a null in a non-null keyset
+        [True, 1],  # a boolean for a number
+        [2**31, 1],  # wider than the INTEGER column (SQLite: 64 bits, so beyond those)
+        [2**70, 1],
+        [1.5, 1],  # a float for an integer
+        ["7", 1],
+        [[1], 1],
+        [{"a": 1}, 1],
+    ],
+    ids=repr,
+)
+async def test_a_tampered_cursor_is_an_invalid_cursor(
+    integrity_db: Harness, values: list[object]
+) -> None:
+    await integrity_db.run(lambda s: seed(s, 2))
+    repo = integrity_db.repo(Payment, load=())
+    if values[0] == 2**31 and integrity_db.backend == "sqlite":
+        values = [2**63, 1]
+    with pytest.raises(InvalidCursorError, match=r"Not a valid pagination cursor"):
+        await repo.page(order_by=["-amount"], after=_cursor(["-amount", "id"], values))
+
+
+def test_cursor_values_at_the_edge_of_the_column_are_valid() -> None:
+    mapper = inspect(Payment)
+    terms = [(Payment.amount, True, "amount"), (Payment.id, False, "id")]
+    cursor = _cursor(["-amount", "id"], [2**31 - 1, -(2**31)])
+    assert decode_cursor(mapper, terms, cursor, "postgresql") == [2**31 - 1, -(2**31)]
+    wide = _cursor(["-amount", "id"], [2**63 - 1, 1])
+    assert decode_cursor(mapper, terms, wide, "sqlite") == [2**63 - 1, 1]
+    with pytest.raises(InvalidCursorError):
+        decode_cursor(mapper, terms, wide, "mariadb")
 
 
 async def test_count_exists_and_list_and_count(integrity_db: Harness) -> None:

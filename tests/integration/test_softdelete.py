@@ -8,8 +8,26 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import delete, func, select, union, update
-from sqlalchemy.orm import aliased, joinedload, selectinload, subqueryload
+from sqlalchemy import (
+    ForeignKey,
+    create_engine,
+    delete,
+    func,
+    literal,
+    select,
+    union,
+    update,
+)
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    aliased,
+    joinedload,
+    mapped_column,
+    selectinload,
+    subqueryload,
+)
+from sqlalchemy.orm import Session as SyncSession
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 import ormtune
@@ -397,3 +415,35 @@ async def test_objects_loaded_under_the_filter_still_pickle(db: Harness) -> None
         assert [(u.id, u.is_deleted) for u in copies] == [(1, False), (2, True)]
 
     await db.run(check)
+
+
+class _OtherBase(DeclarativeBase):
+    """Another application's models, whose tables share names with soft-deletable ones."""
+
+
+class _OtherUser(_OtherBase):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class _OtherPayment(_OtherBase):
+    __tablename__ = "payments"  # the name of Payment's table, but no deleted_at
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+def test_a_same_named_table_of_another_metadata_is_left_alone() -> None:
+    engine = create_engine("sqlite://")
+    _OtherBase.metadata.create_all(engine)
+    with SyncSession(engine) as session:
+        session.add_all([_OtherUser(id=1), _OtherUser(id=2), _OtherPayment(id=1, user_id=1)])
+        session.commit()
+        paid = (
+            select(literal(1))
+            .select_from(_OtherPayment)  # in the EXISTS's own FROM, as has() / any() put it
+            .where(_OtherPayment.user_id == _OtherUser.id)
+            .exists()
+        )
+        assert session.scalars(select(_OtherUser.id).where(~paid)).all() == [2]
+        assert session.scalars(select(_OtherUser.id).where(paid)).all() == [1]
+    engine.dispose()

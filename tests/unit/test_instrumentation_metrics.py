@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,6 +14,12 @@ from sqlalchemy.orm import Session
 
 from ormtune.exceptions import ConfigurationError
 from ormtune.instrumentation import Buckets, Metrics, instrument, metrics
+from ormtune.instrumentation._metrics import (
+    PendingObservations,
+    _databases,
+    database_label,
+    observe,
+)
 from ormtune.querylog import AutoloadBatch, CacheEvent, NPlusOneSignal, emit
 from tests.models import Base, User, sample_users
 
@@ -180,3 +188,80 @@ def test_a_failing_collector_never_reaches_the_application(
         with Session(engine) as session:
             assert len(session.scalars(select(User)).all()) == 3
         emit(CacheEvent("orders", "hit"))
+
+
+def test_database_labels_are_forgotten_with_their_engine() -> None:
+    # The label memo is keyed by id(engine): an entry must go when its engine does, or a new
+    # engine that reuses the id would be labelled with the old engine's database.
+    first = create_engine("sqlite:///first.db")
+    assert database_label(first) == "sqlite/first.db"
+    key = id(first)
+    assert _databases[key] == "sqlite/first.db"
+    del first
+    gc.collect()
+    assert key not in _databases
+    second = create_engine("sqlite:///second.db")
+    assert database_label(second) == "sqlite/second.db"
+    assert database_label(second) == "sqlite/second.db"  # memoised, same answer
+
+
+# Bounds hit exactly, between bounds, below the first, above the last finite one, zero and a
+# negative amount: every way an amount can fall into a bucket.
+AMOUNTS = [0.0, -0.25, 0.0004, 0.0005, 0.0007, 0.001, 0.003, 0.3, 0.25, 7.0, 10.0, 11.0, 1e9]
+
+
+def histogram_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {
+        (sample.name, sample.labels.get("le", "")): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name.startswith(DURATION) and not sample.name.endswith("_created")
+    }
+
+
+def assert_same_histograms(
+    expected: dict[tuple[str, str], float], got: dict[tuple[str, str], float]
+) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if key[0].endswith("_sum"):  # one addition of a total instead of one per amount
+            assert math.isclose(got[key], value, rel_tol=1e-12, abs_tol=1e-15), key
+        else:  # counts and buckets: exactly the same
+            assert got[key] == value, key
+
+
+def test_bisected_observation_records_what_histogram_observe_records() -> None:
+    public, fast = CollectorRegistry(), CollectorRegistry()
+    public_child = metrics(public).query_duration.labels("select", "t", "db")
+    fast_child = metrics(fast).query_duration.labels("select", "t", "db")
+    for amount in AMOUNTS:
+        public_child.observe(amount)
+        observe(fast_child, amount)
+    assert histogram_samples(fast) == histogram_samples(public)
+
+
+def test_held_back_observations_add_up_to_per_statement_observations() -> None:
+    public, held = CollectorRegistry(), CollectorRegistry()
+    per_statement = metrics(public).query_duration
+    aggregated = metrics(held).query_duration
+    pending = PendingObservations()
+    for n, amount in enumerate(AMOUNTS * 3):
+        table = f"t{n % 2}"  # two children, interleaved
+        per_statement.labels("select", table, "db").observe(amount)
+        assert pending.add(aggregated.labels("select", table, "db"), amount)
+    assert histogram_samples(held)[(f"{DURATION}_count", "")] == 0  # nothing until the flush
+    pending.flush()
+    assert_same_histograms(histogram_samples(public), histogram_samples(held))
+
+
+def test_observations_after_the_flush_are_refused_for_the_caller_to_record() -> None:
+    registry = CollectorRegistry()
+    child = metrics(registry).query_duration.labels("select", "t", "db")
+    pending = PendingObservations()
+    assert pending.add(child, 0.001)
+    pending.flush()
+    assert not pending.add(child, 0.002)
+    pending.flush()  # a second flush records nothing twice
+    labels = {"operation": "select", "table": "t", "database": "db"}
+    assert registry.get_sample_value(f"{DURATION}_count", labels) == 1
+    assert registry.get_sample_value(f"{DURATION}_sum", labels) == 0.001

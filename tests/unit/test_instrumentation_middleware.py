@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +28,12 @@ from ormtune.instrumentation import (
     OrmtuneMiddleware,
     OrmtuneWSGIMiddleware,
     current_request,
+    instrument,
     metrics,
     metrics_app,
     set_route,
 )
+from ormtune.querylog import observe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -180,6 +183,61 @@ async def test_metrics_and_the_summary_line_use_the_route_template(db: AsyncEngi
     assert first["request_id"] == ok.headers["x-request-id"]
     assert first["message"].startswith("GET /items/{item_id} 200 in ")
     assert [line["status"] for line in lines] == [200, 200, 404]
+
+
+async def test_statement_durations_are_recorded_when_their_request_ends(db: AsyncEngine) -> None:
+    # Inside a request, Metrics.on_query holds the durations back and the middleware records
+    # them at the end: after the responses, the histogram holds every statement of every
+    # request, as many as the requests' own logs, with the same total time.
+    registry = CollectorRegistry()
+    collected = metrics(registry)
+    app = starlette_app(db, metrics=collected)
+    durations: list[float] = []
+
+    class Recorder:
+        def on_query(self, event: Any) -> None:
+            durations.append(event.duration)
+
+    with instrument(db, registry=registry), observe(Recorder(), db):
+        async with client(app) as http:
+            responses = await asyncio.gather(*(http.get(f"/items/{n}") for n in range(20)))
+        async with db.connect() as conn:  # outside any request: recorded at once
+            await conn.execute(text("select 1"))
+    assert all(response.status_code == 200 for response in responses)
+    labels = {"operation": "select", "table": "items", "database": "sqlite/" + str(db.url.database)}
+    count = registry.get_sample_value("ormtune_db_client_operation_duration_seconds_count", labels)
+    total = registry.get_sample_value("ormtune_db_client_operation_duration_seconds_sum", labels)
+    assert count == 60
+    assert total is not None
+    assert math.isclose(total, sum(durations[:60]), rel_tol=1e-9)
+    other = {**labels, "table": "none"}  # no table: BoundedLabel's "none"
+    assert (
+        registry.get_sample_value("ormtune_db_client_operation_duration_seconds_count", other) == 1
+    )
+
+
+async def test_a_request_sees_its_statements_in_the_histogram_only_after_it_ends(
+    db: AsyncEngine,
+) -> None:
+    registry = CollectorRegistry()
+    count = "ormtune_db_client_operation_duration_seconds_count"
+    labels = {"operation": "select", "table": "items", "database": "sqlite/" + str(db.url.database)}
+
+    async def during(request: Request) -> JSONResponse:
+        async with db.connect() as conn:
+            await conn.execute(text("select count(*) from items"))
+            await conn.execute(text("select count(*) from items"))
+        return JSONResponse({"seen": registry.get_sample_value(count, labels)})
+
+    app = Starlette(routes=[Route("/during", during)])
+    app.add_middleware(OrmtuneMiddleware, metrics=metrics(registry))
+    with instrument(db, registry=registry):
+        async with client(app) as http:
+            first = await http.get("/during")
+            second = await http.get("/during")
+    assert first.json() == {"seen": 0.0}  # the child exists, its statements are held back
+    assert second.json() == {"seen": 2.0}  # the first request's two, not yet its own
+    assert registry.get_sample_value(count, labels) == 4
 
 
 async def test_an_application_error_is_recorded_as_500_and_passed_on(db: AsyncEngine) -> None:

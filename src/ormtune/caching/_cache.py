@@ -262,19 +262,26 @@ class QueryCache:
         self._send_bumps(tokens, raise_errors=False)
 
     def _send_bumps(self, tokens: set[Token], *, raise_errors: bool) -> None:
+        # The lock guards the pending set only, never the backend call: under AsyncSession the
+        # call awaits on the event loop (RedisBackend), where another task's commit would
+        # block the loop's thread on the lock for good. Pending tokens stay pending until the
+        # backend has taken them; two callers sending them both is harmless.
         with self._pending_lock:
             tokens = tokens | self._pending_bumps
-            try:
-                self.backend.bump(tokens)
-            except CacheBackendError as exc:
-                # The commit happened; remember what to invalidate and serve nothing from the
-                # cache in this process until the backend has taken it.
-                self._pending_bumps = tokens
-                self._failed(None, exc)
-                if raise_errors:
-                    raise
-            else:
-                self._pending_bumps = set()
+        try:
+            self.backend.bump(tokens)
+        except CacheBackendError as exc:
+            # The commit happened; remember what to invalidate and serve nothing from the
+            # cache in this process until the backend has taken it.
+            with self._pending_lock:
+                self._pending_bumps = self._pending_bumps | tokens
+            self._failed(None, exc)
+            if raise_errors:
+                raise
+        else:
+            if self._pending_bumps:
+                with self._pending_lock:
+                    self._pending_bumps = self._pending_bumps - tokens
 
     def _recovering(self) -> bool:
         if not self._pending_bumps:

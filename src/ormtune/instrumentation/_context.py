@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ormtune.instrumentation._metrics import PendingObservations
     from ormtune.querylog import QueryLog
 
 __all__ = [
@@ -60,13 +61,15 @@ class RequestContext:
     ``route`` is the route *template* (``/users/{user_id}``) once the framework has routed the
     request (None before, and for a request no route matched); ``queries`` is the request's
     own :class:`~ormtune.querylog.QueryLog`; ``actor`` is who the request acts for, when an
-    actor resolver was given to the middleware.
+    actor resolver was given to the middleware. ``pending`` holds the request's statement
+    durations until the middleware records them in the metrics at the request's end.
     """
 
     request_id: str
     method: str
     path: str
     queries: QueryLog
+    pending: PendingObservations
     route: str | None = None
     actor: object | None = None
     started: float = field(default_factory=time.perf_counter)

@@ -60,8 +60,9 @@ def safe_log(
     try:
         if not logger.isEnabledFor(level):
             return
+        # makeRecord only reads ``extra`` (copying each item onto the record): no copy here.
         record = logger.makeRecord(
-            logger.name, level, "(ormtune)", 0, message, args, None, None, dict(extra)
+            logger.name, level, "(ormtune)", 0, message, args, None, None, extra
         )
         logger.handle(record)
     except Exception:
@@ -113,11 +114,18 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(_request_fields())
+        request = current_request()
+        if request is not None:
+            entry["request_id"] = request.request_id
+            entry["method"] = request.method
+            if request.route is not None:
+                entry["route"] = request.route
         entry.update(
-            (key, value)
-            for key, value in record.__dict__.items()
-            if key not in _RESERVED and not key.startswith("_")
+            {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in _RESERVED and key[:1] != "_"
+            }
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import threading
 import weakref
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ormtune.exceptions import ConfigurationError, MissingDependencyError
+from ormtune.instrumentation._context import _current
 from ormtune.instrumentation._labels import BoundedLabel, status_class
 from ormtune.querylog import AutoloadBatch, CacheEvent, NPlusOneSignal
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
     from ormtune.querylog import QueryEvent, Signal
 
-__all__ = ["Buckets", "Metrics", "database_label", "metrics"]
+__all__ = ["Buckets", "Metrics", "PendingObservations", "database_label", "metrics", "observe"]
 
 
 def _prometheus() -> Any:
@@ -64,17 +66,107 @@ _OPERATIONS = {"select": "select", "insert": "insert", "update": "update", "dele
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _CACHE_LOOKUPS = frozenset({"hit", "miss", "bypass"})
 
-_databases: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+# id(engine) -> label, each entry dropped when its engine is collected (so an id is never
+# reused while its entry lives). A plain dict keyed by id, not a WeakKeyDictionary: this is
+# read for every statement, and a WeakKeyDictionary lookup makes a weak reference each time.
+_databases: dict[int, str] = {}
 
 
 def database_label(engine: Engine) -> str:
     """``backend/database`` of an engine (``postgresql/shop``), memoised per engine; never the
     host, user or password."""
-    label = _databases.get(engine)
+    label = _databases.get(id(engine))
     if label is None:
         url = engine.url
-        label = _databases[engine] = f"{url.get_backend_name()}/{url.database or ''}"
+        label = f"{url.get_backend_name()}/{url.database or ''}"
+        if id(engine) not in _databases:
+            _databases[id(engine)] = label
+            weakref.finalize(engine, _databases.pop, id(engine), None)
     return label
+
+
+def _fast(child: Any) -> bool:
+    """Whether ``child`` (a labelled histogram) has the layout :func:`observe` relies on."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    return (
+        isinstance(bounds, list)
+        and isinstance(buckets, list)
+        and len(bounds) == len(buckets)
+        and all(callable(getattr(value, "inc", None)) for value in buckets)
+        and callable(getattr(getattr(child, "_sum", None), "inc", None))
+    )
+
+
+def observe(child: Any, amount: float) -> None:
+    """``child.observe(amount)`` for a labelled histogram, with the bucket found by bisection.
+
+    prometheus_client's ``Histogram.observe`` checks the metric and walks the bounds in
+    Python for every observation; this does what it does (add to the sum, count the first
+    bucket whose bound is >= the amount) with one ``bisect``. It reads the child's
+    ``_upper_bounds``, ``_sum`` and ``_buckets``, which prometheus_client has had for years;
+    :class:`Metrics` checks them on its first child (``_fast``) and otherwise observes the
+    public way. NaN, which no bucket takes, goes the public way too.
+    """
+    if amount == amount:
+        child._sum.inc(amount)
+        child._buckets[bisect_left(child._upper_bounds, amount)].inc(1)
+    else:
+        child.observe(amount)
+
+
+class PendingObservations:
+    """Statement durations of one HTTP request, held back and recorded when it ends.
+
+    The middleware gives every request one; :meth:`Metrics.on_query` adds each statement of the
+    request here instead of observing the histogram at once, and the middleware's
+    :meth:`flush` records them all at the request's end: per histogram child, one increment of
+    the sum and one per bucket that was hit, instead of two per statement. The histograms end
+    up with the same counts and bucket counts as if each statement had been observed on its
+    own, and the same sums up to floating-point rounding; they only show a request's statements
+    once the request has finished. A statement that arrives after :meth:`flush` (a task the
+    request started and left running) is refused, and its caller observes it directly.
+    """
+
+    __slots__ = ("_items", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Any, float]] | None = []
+
+    def add(self, child: Any, amount: float) -> bool:
+        """Hold one observation for ``child``; False once flushed (observe it yourself)."""
+        with self._lock:
+            items = self._items
+            if items is None:
+                return False
+            items.append((child, amount))
+            return True
+
+    def flush(self) -> None:
+        """Record everything held, and refuse what comes later."""
+        with self._lock:
+            items, self._items = self._items, None
+        if not items:
+            return
+        # child -> [sum, {bucket index: count}], in order of first appearance
+        grouped: dict[Any, tuple[list[float], dict[int, int]]] = {}
+        for child, amount in items:
+            group = grouped.get(child)
+            if group is None:
+                group = grouped[child] = ([0.0], {})
+            if amount != amount:  # NaN: no bucket takes it; let prometheus_client decide
+                child.observe(amount)
+                continue
+            group[0][0] += amount
+            index = bisect_left(child._upper_bounds, amount)
+            group[1][index] = group[1].get(index, 0) + 1
+        for child, (total, counts) in grouped.items():
+            if counts:
+                child._sum.inc(total[0])
+                buckets = child._buckets
+                for index, count in counts.items():
+                    buckets[index].inc(count)
 
 
 class Metrics:
@@ -111,6 +203,9 @@ class Metrics:
         self._children: dict[tuple[str, str, str], Any] = {}
         self._request_children: dict[tuple[str | None, str, int], tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
+        # Whether the histogram children have the layout observe() relies on (None: not known
+        # until the first child is made; a child cannot be made here without exporting it).
+        self._fast: bool | None = None
 
         def histogram(name: str, doc: str, labels: Sequence[str], bounds: Sequence[float]) -> Any:
             return prom.Histogram(
@@ -245,7 +340,15 @@ class Metrics:
             child = self.query_duration.labels(operation, self._table(key[1]), database)
             with self._lock:
                 self._children[key] = child
-        child.observe(event.duration)
+                if self._fast is None:
+                    self._fast = _fast(child)
+        if self._fast:
+            # In a request: held back and recorded at its end (see PendingObservations).
+            request = _current.get()
+            if request is None or not request.pending.add(child, event.duration):
+                observe(child, event.duration)
+        else:
+            child.observe(event.duration)
         if event.error is not None:
             error_type = self._error(type(event.error).__name__)
             self.query_errors.labels(operation, database, error_type).inc()
@@ -301,8 +404,14 @@ class Metrics:
                     self._request_children[key] = children
         exemplar = {"request_id": request_id} if request_id else None
         children[0].observe(duration, exemplar)
-        children[1].observe(queries)
-        children[2].observe(db_duration)
+        if self._fast is None:
+            self._fast = _fast(children[1])
+        if self._fast:
+            observe(children[1], queries)
+            observe(children[2], db_duration)
+        else:
+            children[1].observe(queries)
+            children[2].observe(db_duration)
 
     # -- pools (called by ormtune.instrumentation's pool hooks) -----------------------------
 

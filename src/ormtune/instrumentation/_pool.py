@@ -76,6 +76,7 @@ class _PoolRecorder:
         "_checked_out_gauge",
         "_lock",
         "_metrics",
+        "_overflow",
         "_overflow_gauge",
         "active",
         "label",
@@ -88,6 +89,7 @@ class _PoolRecorder:
         self.label = label
         self.size = 0
         self._checked_out = 0
+        self._overflow = -1  # the value last published (-1: none yet)
         self._lock = threading.Lock()
         # Every checkout and checkin moves these two: look the children up once.
         self._checked_out_gauge = metrics.pool_checked_out.labels(label)
@@ -103,7 +105,10 @@ class _PoolRecorder:
 
     def _publish(self) -> None:
         self._checked_out_gauge.set(self._checked_out)
-        self._overflow_gauge.set(max(0, self._checked_out - self.size))
+        overflow = max(0, self._checked_out - self.size)
+        if overflow != self._overflow:  # mostly 0: a checkout need not set it again
+            self._overflow_gauge.set(overflow)
+            self._overflow = overflow
 
     def moved(self, delta: int) -> None:
         if not self.active:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ormtune.instrumentation._context import RequestContext, _current, accept_request_id
 from ormtune.instrumentation._logs import request_logger, safe_log
+from ormtune.instrumentation._metrics import PendingObservations
 from ormtune.querylog import capture
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class RequestRecorder:
         settings = self.settings
         request_id = accept_request_id(incoming_id if settings.trust_request_id else None)
         cap = capture()
-        context = RequestContext(request_id, method, path, cap.log)
+        context = RequestContext(request_id, method, path, cap.log, PendingObservations())
         token = _current.set(context)
         cap.start()
         scope: AbstractContextManager[object] = nullcontext()
@@ -117,6 +118,10 @@ class RequestRecorder:
             _current.reset(started.token)
         except ValueError:  # finished in another context than it started in (WSGI close())
             _current.set(None)
+        try:
+            context.pending.flush()  # the statements' durations, held back by Metrics.on_query
+        except Exception:
+            _internal.debug("recording query metrics failed", exc_info=True)
         log = context.queries
         queries, db_duration = log.count, log.total_duration
         metrics = self.settings.metrics

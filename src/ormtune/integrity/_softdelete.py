@@ -123,27 +123,28 @@ def _filter_deleted(state: ORMExecuteState) -> None:
 _EXISTS_NEEDS_CRITERIA = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
 
 
-def _soft_deletable_tables() -> set[tuple[str | None, str]]:
-    """(schema, name) of every table mapped by a class that uses :class:`SoftDeleteMixin`."""
-    tables = set()
+def _soft_deletable_tables() -> set[TableClause]:
+    """Every table mapped by a class that uses :class:`SoftDeleteMixin`: the objects, not their
+    names, since another MetaData may hold a table of the same name without ``deleted_at``."""
+    tables: set[TableClause] = set()
     pending: list[type] = [SoftDeleteMixin]
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
         table = getattr(cls, "__table__", None)
         if isinstance(table, TableClause):
-            tables.add((table.schema, table.name))
+            tables.add(table)
     return tables
 
 
-def _live_condition(element: object, tables: set[tuple[str | None, str]]) -> Any:
+def _live_condition(element: object, tables: set[TableClause]) -> Any:
     target = element.element if isinstance(element, Alias) else element
-    if isinstance(target, TableClause) and (target.schema, target.name) in tables:
+    if isinstance(target, TableClause) and target in tables:
         return element.c.deleted_at.is_(None)  # type: ignore[attr-defined]
     return None
 
 
-def _exists_conditions(exists: Exists, tables: set[tuple[str | None, str]]) -> list[Any]:
+def _exists_conditions(exists: Exists, tables: set[TableClause]) -> list[Any]:
     """The live-row conditions for the tables an EXISTS selects from itself (what has() and
     any() put in its FROM: the target and any secondary), not those it correlates to."""
     inner: Any = exists.element
@@ -231,7 +232,7 @@ def _filter_links(mapper: Mapper[Any], class_: type) -> None:
         if (
             prop in _LINKS_FILTERED
             or not isinstance(secondary, TableClause)
-            or (secondary.schema, secondary.name) not in tables
+            or secondary not in tables
             or "deleted_at" not in secondary.c
         ):
             continue

@@ -42,9 +42,10 @@ logger = logging.getLogger("ormtune.querylog")
 _STARTED = "_ormtune_started"  # attribute set on the ExecutionContext by before_cursor_execute
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen one costs a request 6 setattr calls
 class _Sink:
-    """One receiver of events: a capture's log or an observer, with what it asked for."""
+    """One receiver of events: a capture's log or an observer, with what it asked for
+    (never changed after it is made)."""
 
     engines: tuple[Engine, ...]  # empty: every engine
     callsites: bool
@@ -56,7 +57,11 @@ class _Sink:
     def wants(self, engine: Engine) -> bool:
         if not self.engines:
             return True
-        return any(engine is e or engine.pool is e.pool for e in self.engines)
+        pool = engine.pool
+        if len(self.engines) == 1:  # the usual case, without a generator per statement
+            wanted = self.engines[0]
+            return engine is wanted or pool is wanted.pool
+        return any(engine is wanted or pool is wanted.pool for wanted in self.engines)
 
     def deliver(self, query: QueryEvent) -> None:
         if self.log is not None:
@@ -80,11 +85,13 @@ def _before_cursor_execute(
     parameters: Any,
     context: ExecutionContext | None,
     executemany: bool,
-) -> None:
+) -> tuple[str, Any]:
+    # Installed with retval=True, which spares SQLAlchemy's adapter call per statement.
     if context is not None:
         setattr(context, _STARTED, time.perf_counter())
     else:
         conn.info[_STARTED] = time.perf_counter()
+    return statement, parameters
 
 
 def _after_cursor_execute(
@@ -96,9 +103,10 @@ def _after_cursor_execute(
     executemany: bool,
 ) -> None:
     ended = time.perf_counter()
-    scoped = _scoped.get()
-    sinks = scoped + _global if _global else scoped
-    if not sinks:
+    sinks = _scoped.get()
+    if _global:
+        sinks = sinks + _global if sinks else _global
+    elif not sinks:
         return
     started = getattr(context, _STARTED, None) if context is not None else None
     if started is None:
@@ -198,7 +206,7 @@ _LISTENERS = (
 def _install() -> None:
     for name, listener in _LISTENERS:
         if not event.contains(Engine, name, listener):
-            event.listen(Engine, name, listener)
+            event.listen(Engine, name, listener, retval=name == "before_cursor_execute")
 
 
 def _remove() -> None:

@@ -85,8 +85,10 @@ def redact(parameters: Any, executemany: bool) -> Any:
     """Replace every parameter value with its shape, keeping the container's structure."""
     if executemany and isinstance(parameters, (list, tuple)):
         return [redact(row, False) for row in parameters]
+    # Comprehensions with the memo inlined: this runs for every statement.
+    shapes = _SHAPES
     if isinstance(parameters, dict):
-        return {key: _shape(value) for key, value in parameters.items()}
+        return {key: shapes.get(type(value)) or _shape(value) for key, value in parameters.items()}
     if isinstance(parameters, (list, tuple)):
-        return tuple(_shape(value) for value in parameters)
+        return tuple([shapes.get(type(value)) or _shape(value) for value in parameters])
     return _shape(parameters)

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
-from sqlalchemy import ColumnElement, and_, inspect, or_
+from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, and_, inspect, or_
 from sqlalchemy.orm import (
     ColumnProperty,
     Mapper,
@@ -197,24 +197,54 @@ def encode_cursor(
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_value(prop: ColumnProperty[Any], raw: object) -> object:
-    python_type = prop.columns[0].type.python_type
-    if raw is None or isinstance(raw, python_type):
+# Signed bits of the integer types, as PostgreSQL and MariaDB store them. SQLite stores 64 bits
+# in any INTEGER column.
+_INTEGER_BITS = ((BigInteger, 64), (SmallInteger, 16), (Integer, 32))
+
+
+def _integer_bits(column_type: object, dialect_name: str) -> int:
+    if dialect_name == "sqlite":
+        return 64
+    return next((bits for kind, bits in _INTEGER_BITS if isinstance(column_type, kind)), 64)
+
+
+def _decode_value(prop: ColumnProperty[Any], raw: object, dialect_name: str) -> object:
+    """The value of one ordering field, checked against the field's type: a cursor's values
+    come from clients, and one the database cannot compare (a null, a boolean for a number,
+    an integer wider than the column) must be an invalid cursor, not a database error."""
+    column_type = prop.columns[0].type
+    python_type = column_type.python_type
+    if raw is None or (isinstance(raw, bool) and python_type is not bool):
+        raise ValueError(f"{raw!r} is not a value of {prop.key}")
+    if python_type is int:
+        bits = _integer_bits(column_type, dialect_name)
+        if not isinstance(raw, int) or not -(2 ** (bits - 1)) <= raw < 2 ** (bits - 1):
+            raise ValueError(f"{raw!r} is not a value of {prop.key}")
+        return raw
+    if isinstance(raw, python_type):
         return raw
     if python_type is datetime.datetime:
         return datetime.datetime.fromisoformat(str(raw))
     if python_type is datetime.date:
         return datetime.date.fromisoformat(str(raw))
-    if python_type in (decimal.Decimal, uuid.UUID, float, int):
+    if python_type is uuid.UUID and isinstance(raw, str):
+        return uuid.UUID(raw)
+    if python_type in (decimal.Decimal, float) and isinstance(raw, str | int | float):
         return python_type(raw)
+    if python_type in (decimal.Decimal, float, uuid.UUID):
+        raise ValueError(f"{raw!r} is not a value of {prop.key}")
     return raw
 
 
 def decode_cursor(
-    mapper: Mapper[Any], terms: Sequence[tuple[Any, bool, str | None]], cursor: str
+    mapper: Mapper[Any],
+    terms: Sequence[tuple[Any, bool, str | None]],
+    cursor: str,
+    dialect_name: str = "",
 ) -> list[object]:
     """The ordering values in ``cursor``; :class:`~ormtune.exceptions.InvalidCursorError` if
-    it is corrupt or was made for another ordering."""
+    it is corrupt, was made for another ordering, or holds values the fields cannot take
+    (checked for the database named by ``dialect_name``)."""
     check_keyset(mapper, terms)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -225,12 +255,12 @@ def decode_cursor(
                 "start again without a cursor"
             )
         return [
-            _decode_value(mapper.attrs[str(name)], value)  # type: ignore[arg-type]
+            _decode_value(mapper.attrs[str(name)], value, dialect_name)  # type: ignore[arg-type]
             for (_, _, name), value in zip(terms, values, strict=True)
         ]
     except InvalidCursorError:
         raise
-    except (ValueError, TypeError, binascii.Error) as exc:
+    except (ValueError, TypeError, ArithmeticError, binascii.Error) as exc:
         raise InvalidCursorError(f"Not a valid pagination cursor: {cursor!r}") from exc
 
 

@@ -284,9 +284,9 @@ class Repository(Generic[M]):
         statement, terms = self._select(where, filters, order_by, load, include_deleted)
         check_keyset(self.mapper, terms)
         if after is not None:
-            statement = statement.where(
-                keyset_where(terms, decode_cursor(self.mapper, terms, after))
-            )
+            dialect = self.session.get_bind(mapper=self.mapper).dialect.name
+            values = decode_cursor(self.mapper, terms, after, dialect)
+            statement = statement.where(keyset_where(terms, values))
         rows = cast(
             "builtins.list[M]", self.session.scalars(statement.limit(limit + 1)).unique().all()
         )
