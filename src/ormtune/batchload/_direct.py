@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import RelationshipProperty, Session
     from sqlalchemy.orm.state import InstanceState
 
-__all__ = ["DirectPlan", "direct_plan", "load_directly"]
+__all__ = ["DirectPlan", "direct_plan", "load_directly", "omitted_join_query"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -45,28 +45,41 @@ _plans: dict[RelationshipProperty[Any], DirectPlan | None] = {}
 _plans_lock = threading.Lock()
 
 
-def _plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
-    if prop.direction is not ONETOMANY or prop.secondary is not None:
-        return None
-    # SQLAlchemy's own selectin strategy decides whether the parents can be left out of the
-    # children's query; read its decision rather than repeating it.
+def omitted_join_query(prop: RelationshipProperty[Any]) -> tuple[Any, Select[Any]] | None:
+    """SQLAlchemy's ``selectin`` query info for ``prop`` when it leaves the other side's table
+    out of the query, and the statement that selects by key (the ``primary_keys`` expanding
+    parameter): the key columns, then the entity. None for every other case."""
+    # SQLAlchemy's own selectin strategy decides whether the other table can be left out of
+    # the query; read its decision rather than repeating it.
     strategy = prop._get_strategy((("lazy", "selectin"),))
     info = getattr(strategy, "_query_info", None)
     if getattr(strategy, "omit_join", None) is not True or info is None:
         return None
-    if getattr(info, "load_only_child", True) or getattr(info, "load_with_join", True):
+    if getattr(info, "load_with_join", True):
         return None
     entity = prop.entity
-    if entity.is_aliased_class or entity is not prop.mapper:
-        return None
-    key_columns = list(info.pk_cols)
-    if not key_columns or len(key_columns) != len(prop.parent.primary_key):
+    if entity.is_aliased_class or entity is not prop.mapper or not list(info.pk_cols):
         return None
     statement = (
-        select(*key_columns, entity)
+        select(*info.pk_cols, entity)
         .select_from(entity)
         .where(info.in_expr.in_(bindparam("primary_keys")))
     )
+    return info, statement
+
+
+def _plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
+    if prop.direction is not ONETOMANY or prop.secondary is not None:
+        return None
+    found = omitted_join_query(prop)
+    if found is None:
+        return None
+    info, statement = found
+    if getattr(info, "load_only_child", True):
+        return None
+    key_columns = list(info.pk_cols)
+    if len(key_columns) != len(prop.parent.primary_key):
+        return None
     if prop.order_by:
         statement = statement.order_by(*prop.order_by)
     return DirectPlan(statement, len(key_columns), bool(info.zero_idx))

@@ -29,6 +29,7 @@ from ormtune.batchload._options import (
     Settings,
     carried,
 )
+from ormtune.batchload._targets import load_targets, target_plan
 from ormtune.querylog import AutoloadBatch, emit, shared_cohort, signals_wanted
 
 if TYPE_CHECKING:
@@ -184,11 +185,15 @@ def batch_load(
     if len(members) < 2 or _one_target(members, prop):
         return None
     plan = direct_plan(prop)
-    if plan is None or any(member.expired_attributes for member in members):
+    targets = target_plan(prop) if plan is None else None
+    # SQLAlchemy autoflushes after the do_orm_execute hooks: a direct batch flushes (or not)
+    # where the lazy load it replaces would have.
+    execution_options = {"autoflush": _autoflushes(orm_state), **shared_cohort()}
+    if any(member.expired_attributes for member in members) or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
         _reselect(orm_state, lazy, members, settings)
-    else:
+    elif plan is not None:
         load_directly(
             orm_state.session,
             prop,
@@ -196,11 +201,20 @@ def batch_load(
             members,
             _direct_options(lazy, settings),
             min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
-            # SQLAlchemy autoflushes after the do_orm_execute hooks: the batch flushes (or
-            # not) where the lazy load it replaces would have.
-            {"autoflush": _autoflushes(orm_state), **shared_cohort()},
+            execution_options,
             orm_state.bind_arguments,
         )
+    elif targets is not None and not load_targets(
+        orm_state.session,
+        prop,
+        targets,
+        members,
+        _direct_options(lazy, settings),
+        min(settings.chunk_size, _MAX_PARAMETERS // targets.key_width),
+        execution_options,
+        orm_state.bind_arguments,
+    ):
+        _reselect(orm_state, lazy, members, settings)
     if signals_wanted():
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))
     return _result_for(lazy.state, prop)

@@ -84,6 +84,9 @@ class BatchMarker(_KeyedOption):
     in their load options, like objects loaded by any query with loader options. Loads with
     explicit loader options are never batched, but these are ormtune's own: the marker
     travelling beside them says so, so the next level of a tree is batched too.
+
+    ``reselects_loaded_objects`` tells the query cache (which reads it by name) that the
+    statement re-selects objects already in the session, so its result is never stored.
     """
 
     propagate_to_loaders = True
@@ -92,6 +95,7 @@ class BatchMarker(_KeyedOption):
         super().__init__((loads, settings))
         self.load_keys: list[object] = [load._generate_cache_key() for load in loads]
         self.settings = settings
+        self.reselects_loaded_objects = bool(loads)
 
     def __reduce__(self) -> tuple[Any, tuple[Settings]]:
         # Objects are pickled with their load options. Cache keys name mappers, which do not

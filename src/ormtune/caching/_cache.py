@@ -30,7 +30,14 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.caching import _codec
 from ormtune.caching._flight import SingleFlight
-from ormtune.caching._materialize import NotFresh, PlanMemo, mapper_name, rebuild, serialise
+from ormtune.caching._materialize import (
+    NotFresh,
+    PlanMemo,
+    mapper_name,
+    propagated,
+    rebuild,
+    serialise,
+)
 from ormtune.caching._option import CacheOption
 from ormtune.caching._recording import (
     fresh_states,
@@ -301,7 +308,7 @@ class QueryCache:
 
     def _on_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
         option = _cache_option(state)
-        if option is None or not state.is_select or state.is_relationship_load:
+        if option is None or not state.is_select or _loads_for_objects(state):
             return None
         name = option.name or _UNNAMED
         reason = _bypass_reason(state)
@@ -368,7 +375,7 @@ class QueryCache:
             self._stats.bypass(name, "cache backend unavailable")
             return None
         if lookup.value is not None:
-            result = self._serve(lookup.value, shape, session, name, key)
+            result = self._serve(lookup.value, shape, state, name, key)
             if result is not None:
                 return result
         if in_greenlet():  # asyncio: waiting here would block the event loop
@@ -381,7 +388,7 @@ class QueryCache:
                 self._failed(name, exc)
                 return None
             if again.value is not None:
-                result = self._serve(again.value, shape, session, name, key)
+                result = self._serve(again.value, shape, state, name, key)
                 if result is not None:
                     return result
             return self._fill(state, shape, name, key, tokens, again.versions, option)
@@ -391,10 +398,12 @@ class QueryCache:
             self._flights.land(key)
 
     def _serve(
-        self, data: bytes, shape: Shape, session: Session, name: str, key: str
+        self, data: bytes, shape: Shape, state: ORMExecuteState, name: str, key: str
     ) -> Result[Any] | None:
         try:
-            rows, states = rebuild(data, shape, session, self._plans)
+            rows, states = rebuild(
+                data, shape, state.session, propagated(state.statement), self._plans
+            )
         except _codec.Undecodable:
             self._stats.bypass(name, "undecodable entry")
             try:
@@ -432,9 +441,9 @@ class QueryCache:
             self._stats.reject(name, "statement read tables it had not read before")
             return frozen()
         try:
-            data = serialise(list(frozen.data), shape, fresh)
-        except NotFresh:
-            self._stats.reject(name, "objects were already in the session")
+            data = serialise(list(frozen.data), shape, fresh, propagated(state.statement))
+        except NotFresh as exc:
+            self._stats.reject(name, str(exc))
             return frozen()
         except _codec.Unencodable as exc:
             self._stats.reject(name, str(exc))
@@ -652,6 +661,20 @@ def _cache_option(state: ORMExecuteState) -> CacheOption | None:
     return None
 
 
+def _loads_for_objects(state: ORMExecuteState) -> bool:
+    """Statements that carry the option because objects of a cached statement do, and that
+    the cache leaves alone: SQLAlchemy's relationship loads, refreshes of expired attributes,
+    and statements that re-select objects already in the session (an autoload batch marks
+    them ``reselects_loaded_objects``), whose results are never stored."""
+    if state.is_relationship_load:
+        return True
+    if getattr(state.load_options, "_refresh_state", None) is not None:
+        return True
+    return any(
+        getattr(opt, "reselects_loaded_objects", False) for opt in state.user_defined_options
+    )
+
+
 def _bypass_reason(state: ORMExecuteState) -> str | None:
     options = state.execution_options
     load_options = state.load_options
@@ -665,8 +688,6 @@ def _bypass_reason(state: ORMExecuteState) -> str | None:
         or getattr(load_options, "_yield_per", None)
     ):
         return "yield_per / streaming"
-    if getattr(load_options, "_refresh_state", None) is not None:
-        return "refresh"
     if not getattr(state.statement, "_propagate_attrs", {}).get("compile_state_plugin"):
         return "not an ORM statement"
     return None

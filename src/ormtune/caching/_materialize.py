@@ -13,6 +13,13 @@ attributes the query did not load expired (so reading them loads them), and the 
 event fired as ``Session.merge(load=False)`` fires it, with no query context. The decoding
 and checking of an entry is a :class:`Plan`, which a :class:`PlanMemo` keeps for the next hit
 on the same bytes when nothing in it can change.
+
+Like ``loading.py``, a hit gives each new object the statement's options that propagate to
+loaders (``state.load_options``) and the path it was loaded at (``state.load_path``: the
+entity's for the statement's own objects, ``User -> posts -> Post`` for eagerly loaded ones),
+so its lazy loads and refreshes run with the same options as after the uncached query. The
+path of each object is stored with its layout; an entry is stored only if every object the
+filling query created carries exactly the statement's propagating options.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm.base import instance_dict, instance_state
+from sqlalchemy.orm.interfaces import MapperProperty
+from sqlalchemy.orm.path_registry import PathRegistry
+from sqlalchemy.orm.strategy_options import _AbstractLoad
+from sqlalchemy.sql.cache_key import HasCacheKey
 
 from ormtune.caching import _codec
 
@@ -36,11 +47,37 @@ if TYPE_CHECKING:
 
     from ormtune.caching._shape import Shape
 
-__all__ = ["NotFresh", "Plan", "PlanMemo", "mapper_name", "rebuild", "serialise"]
+__all__ = ["NotFresh", "Plan", "PlanMemo", "mapper_name", "propagated", "rebuild", "serialise"]
 
 
 class NotFresh(Exception):
-    """The result contains an object the filling query did not load itself."""
+    """The result contains an object the filling query did not load itself, or one a hit
+    could not give the load options and path the query gave it."""
+
+    def __init__(self, reason: str = "objects were already in the session") -> None:
+        super().__init__(reason)
+
+
+def propagated(statement: Any) -> tuple[Any, ...]:
+    """The options a query with ``statement`` gives the objects it loads (``loading.py``:
+    ``QueryContext.propagated_loader_options``, where each option comes from the statement
+    being run, or for loader strategy options an equal one from its compiled form)."""
+    return tuple(opt for opt in statement._with_options if opt.propagate_to_loaders)
+
+
+def _same_options(loaded: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
+    if loaded is expected:
+        return True
+    if len(loaded) != len(expected):
+        return False
+    for got, want in zip(loaded, expected, strict=True):
+        if got is want:
+            continue
+        if not (isinstance(got, HasCacheKey) and type(got) is type(want)):
+            return False
+        if got._generate_cache_key() != want._generate_cache_key():
+            return False
+    return True
 
 
 def mapper_name(mapper: Mapper[Any]) -> str:
@@ -52,37 +89,77 @@ class _Layout:
     """How objects of one mapper are laid out in an entry: which column attributes, in
     which order (the ones the query loaded), and what a hit must expire (the rest)."""
 
-    __slots__ = ("identity_class", "keys", "mapper", "new_instance", "unloaded")
+    __slots__ = ("identity_class", "keys", "load_path", "mapper", "new_instance", "unloaded")
 
-    def __init__(self, mapper: Mapper[Any], keys: tuple[str, ...]) -> None:
+    def __init__(self, mapper: Mapper[Any], keys: tuple[str, ...], load_path: PathRegistry) -> None:
         self.mapper = mapper
         self.keys = keys
+        self.load_path = load_path
         self.identity_class = mapper._identity_class
         self.new_instance = mapper.class_manager.new_instance
         self.unloaded = [p.key for p in mapper.column_attrs if p.key not in set(keys)]
 
 
-_layouts: dict[tuple[Mapper[Any], tuple[str, ...]], _Layout] = {}
+_layouts: dict[tuple[Mapper[Any], tuple[str, ...], tuple[str, ...]], _Layout] = {}
 
 
-def _layout(mapper: Mapper[Any], keys: tuple[str, ...]) -> _Layout:
-    found = _layouts.get((mapper, keys))
+def _layout(
+    mapper: Mapper[Any], keys: tuple[str, ...], path: tuple[str, ...], shape: Shape
+) -> _Layout:
+    found = _layouts.get((mapper, keys, path))
     if found is None:
-        found = _layouts[(mapper, keys)] = _Layout(mapper, keys)
+        found = _layouts[(mapper, keys, path)] = _Layout(mapper, keys, _load_path(path, shape))
     return found
 
 
-def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
-    """Plain-data bytes for ``rows`` (raises :class:`NotFresh`, ``_codec.Unencodable``).
+def _path_names(state: InstanceState[Any], shape: Shape, aliases: bool) -> tuple[str, ...]:
+    """``state.load_path`` as names: mapper, relationship, mapper, ..."""
+    names: list[str] = []
+    for position, element in enumerate(state.load_path.path):
+        if position % 2:
+            if not isinstance(element, MapperProperty):
+                raise NotFresh("an object was loaded at a path ormtune cannot store")
+            names.append(element.key)
+            continue
+        mapper = getattr(element, "mapper", None)
+        is_alias = getattr(element, "is_aliased_class", False)
+        if mapper is None or not (getattr(element, "is_mapper", False) or is_alias):
+            raise NotFresh("an object was loaded at a path ormtune cannot store")
+        if is_alias and not aliases:
+            # Loader options match paths through this alias, and a hit cannot name it.
+            raise NotFresh("an object was loaded through an aliased entity with loader options")
+        name = mapper_name(mapper)
+        shape.mappers.setdefault(name, mapper)
+        names.append(name)
+    return tuple(names)
+
+
+def _load_path(names: tuple[str, ...], shape: Shape) -> PathRegistry:
+    raw: list[Any] = []
+    mapper: Any = None
+    for position, name in enumerate(names):
+        if position % 2:
+            raw.append(mapper.attrs[name])
+        else:
+            mapper = shape.mappers[name]
+            raw.append(mapper)
+    return PathRegistry.coerce(tuple(raw)) if raw else PathRegistry.root
+
+
+def serialise(rows: list[Any], shape: Shape, fresh: set[int], options: tuple[Any, ...]) -> bytes:
+    """Plain-data bytes for ``rows`` (raises :class:`NotFresh`, ``_codec.Unencodable``);
+    ``options`` are the statement's :func:`propagated` options.
 
     Layout: ``[rows, scalar, layouts, objects]``; a layout is ``[mapper name, [column
-    keys]]``; an object is ``[layout index, [primary key], identity token, [values in the
-    layout's order], [[relationship, reference(s)], ...]]``; a reference is an object index.
+    keys], [load path names]]``; an object is ``[layout index, [primary key], identity
+    token, [values in the layout's order], [[relationship, reference(s)], ...]]``; a
+    reference is an object index.
     """
     objects: list[list[Any]] = []
     index: dict[int, int] = {}
     layouts: list[list[Any]] = []
-    layout_index: dict[tuple[str, tuple[str, ...]], int] = {}
+    layout_index: dict[tuple[str, tuple[str, ...], tuple[str, ...]], int] = {}
+    aliases = not any(isinstance(opt, _AbstractLoad) for opt in options)
 
     def ref(obj: object) -> int:
         found = index.get(id(obj))
@@ -91,6 +168,8 @@ def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
         state: InstanceState[Any] = attributes.instance_state(obj)
         if id(state) not in fresh or state.key is None:
             raise NotFresh
+        if not _same_options(state.load_options, options):
+            raise NotFresh("objects were loaded with other options than the statement's")
         position = index[id(obj)] = len(objects)
         entry: list[Any] = []
         objects.append(entry)
@@ -100,10 +179,11 @@ def serialise(rows: list[Any], shape: Shape, fresh: set[int]) -> bytes:
             shape.mappers[name] = mapper
         values = state.dict
         keys = tuple(p.key for p in mapper.column_attrs if p.key in values)
-        slot = layout_index.get((name, keys))
+        path = _path_names(state, shape, aliases)
+        slot = layout_index.get((name, keys, path))
         if slot is None:
-            slot = layout_index[(name, keys)] = len(layouts)
-            layouts.append([name, list(keys)])
+            slot = layout_index[(name, keys, path)] = len(layouts)
+            layouts.append([name, list(keys), list(path)])
         relationships: list[list[Any]] = []
         for prop in mapper.relationships:
             if prop.key not in values:
@@ -187,7 +267,10 @@ def _plan(data: bytes, shape: Shape) -> Plan:
     """Decode ``data`` and check it fits ``shape`` (raises ``_codec.Undecodable``)."""
     try:
         plain_rows, scalar, stored_layouts, stored = _codec.decode(data)
-        layouts = [_layout(shape.mappers[name], tuple(keys)) for name, keys in stored_layouts]
+        layouts = [
+            _layout(shape.mappers[name], tuple(keys), tuple(path), shape)
+            for name, keys, path in stored_layouts
+        ]
         objects = []
         reusable = True
         for slot, pk, token, values, relationships in stored:
@@ -258,9 +341,14 @@ class PlanMemo:
 
 
 def rebuild(
-    data: bytes, shape: Shape, session: Session, plans: PlanMemo | None = None
+    data: bytes,
+    shape: Shape,
+    session: Session,
+    options: tuple[Any, ...],
+    plans: PlanMemo | None = None,
 ) -> tuple[list[Any], list[InstanceState[Any]]]:
-    """Rows for ``session`` from bytes :func:`serialise` made, and the states it created.
+    """Rows for ``session`` from bytes :func:`serialise` made, and the states it created,
+    which get the statement's :func:`propagated` ``options`` as their load options.
 
     ``plans`` keeps decoded entries for reuse. Raises ``_codec.Undecodable`` for bytes it
     cannot read (a corrupt entry is a miss).
@@ -286,6 +374,8 @@ def rebuild(
         state.key = key
         state.identity_token = key[2]
         state.session_id = hash_key
+        state.load_options = options
+        state.load_path = layout.load_path
         add(state, key)
         append(obj)
         states.append(state)

@@ -26,12 +26,18 @@ class CacheOption(UserDefinedOption):
 
     Read by the cache's ``do_orm_execute`` hook. It is part of the statement's cache key (so
     statements that differ only in it never share SQLAlchemy's compiled form and its
-    positional option pairing) and does not propagate to lazy loads of the loaded objects:
-    caching is asked for per statement.
+    positional option pairing).
+
+    It propagates to the loaded objects (``propagate_to_loaders``), as ``include_deleted()``
+    does, so statements ormtune issues on their behalf are cached too, with the same ``ttl``
+    and ``name``: ``ormtune.autoload()``'s batch loads of their relationships (top-level
+    statements, invalidated like any other) and, through the objects those batches load, the
+    next level's. SQLAlchemy's own relationship loads (a plain lazy load of one object,
+    ``selectinload``, ``subqueryload``) and refreshes of expired attributes stay uncached.
     """
 
     _is_has_cache_key = True
-    propagate_to_loaders = False
+    propagate_to_loaders = True
 
     def __init__(self, ttl: float | None, name: str | None) -> None:
         super().__init__((ttl, name))

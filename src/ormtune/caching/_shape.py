@@ -108,12 +108,14 @@ def fine_filters(
     the table's tracked columns: then every row the result can contain has the filtered value,
     so the result depends only on the rows carrying that value.
     """
-    if getattr(statement, "_setup_joins", ()) or getattr(statement, "_from_obj", ()):
-        return None, ()  # explicit joins or FROM: more than one table's rows
+    if getattr(statement, "_setup_joins", ()):
+        return None, ()  # explicit joins: more than one table's rows
     froms = [f._deannotate() for f in getattr(statement, "columns_clause_froms", ())]
     if len(froms) != 1 or not isinstance(froms[0], Table):
         return None, ()
     table = froms[0]
+    if any(f._deannotate() is not table for f in getattr(statement, "_from_obj", ())):
+        return None, ()  # an explicit FROM other than the table itself (select_from(table))
     mentions = re.findall(
         r"\b(?:FROM|JOIN)\s+(?:[\w\"`]+\.)?[\"`]?" + re.escape(table.name) + r"[\"`]?(?!\w)",
         main_sql,
