@@ -185,17 +185,18 @@ GROWS = {
 }
 # Three requests in a row in tuned mode. A query by primary key (session.get) is stored on
 # its first miss; any other is stored on its second (the first teaches the cache which tables
-# it reads); from then on it is a hit. The cache holds the rows of the cached query: what the
-# view follows lazily afterwards (payer, payee, job, reviewer...) is loaded again, batched.
+# it reads); from then on it is a hit. What the view then follows lazily (payer, payee, job,
+# reviewer...) is batched by autoload, and those batches are cached with the query that loaded
+# the objects: a warm read of a cached endpoint runs nothing.
 TUNED_SEQUENCE = {
-    "GET /users/{id}/payments": (6, 6, 4),
-    "GET /payments/history": (5, 5, 5),  # not cached
-    "GET /reviews/{user_id}": (6, 6, 4),
-    "GET /reviews/by/{user_id}": (5, 5, 5),  # not cached
+    "GET /users/{id}/payments": (4, 4, 0),
+    "GET /payments/history": (3, 3, 3),  # not cached
+    "GET /reviews/{user_id}": (4, 4, 0),
+    "GET /reviews/by/{user_id}": (3, 3, 3),  # not cached
     "GET /profiles/{user_id}": (1, 1, 0),
     "GET /account-details": (1, 1, 0),
-    "GET /jobs/{id}": (4, 3, 3),
-    "GET /jobs": (3, 3, 3),  # not cached
+    "GET /jobs/{id}": (3, 2, 1),  # one job's applications: a plain lazy load, never cached
+    "GET /jobs": (2, 2, 2),  # not cached
 }
 STATUS = {"GET": 200, "PUT": 200, "POST /payments/{id}/confirm": 200}
 
