@@ -123,9 +123,9 @@ def default_cache() -> QueryCache:
 class QueryCache:
     """A query-result cache over one :class:`~ormtune.typing.CacheBackend`.
 
-    ``namespace`` and ``schema_version`` go into every key: bump ``schema_version`` (or leave
-    it ``None`` to use a fingerprint of the mapped tables' columns, the default) when a deploy
-    changes what rows look like, and entries written by the old code are never read.
+    ``namespace`` and a fingerprint of the mapped tables' columns go into every key, so entries
+    written by a deploy whose rows looked different are never read; change ``namespace`` to
+    leave every earlier entry behind on purpose.
 
     ``max_decoded_bytes`` bounds the entries (by their stored size) whose decoded form is kept
     for the next hit on the same bytes; 0 decodes on every hit.
