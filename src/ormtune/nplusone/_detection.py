@@ -22,7 +22,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from ormtune.exceptions import NPlusOneError, NPlusOneWarning
 from ormtune.nplusone import _eager, _hooks
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from contextvars import Token
     from types import TracebackType
 
-    from sqlalchemy.orm.state import InstanceState
-
     from ormtune.nplusone._eager import EagerLoad
     from ormtune.nplusone._hooks import Callsites, LazyMark
     from ormtune.querylog import CallSite, Cohort, LazyLoad
@@ -67,7 +65,12 @@ class Tally:
     __slots__ = ("fingerprint", "loads", "members", "pattern")
 
     def __init__(self) -> None:
-        self.members: weakref.WeakSet[InstanceState[Any]] = weakref.WeakSet()
+        # The members by id(): the tally lives in the cohort's notes, so every member counted
+        # is a member of the cohort (kept alive by the application, or gone); a state that
+        # dies cannot be counted again, and an id reused by a later member could only make one
+        # distinct load count as a repeat (and then only when a yield_per result's members
+        # are dropped while it is still being read), never invent an N+1.
+        self.members: set[int] = set()
         self.loads = 0
         self.pattern: _Pattern | None = None  # set once this is an N+1
         self.fingerprint: str | None = None
@@ -316,13 +319,16 @@ class Detection:
             if tally is None:
                 tally = tallies[lazy.relationship] = Tally()
             tally.loads += 1
-            tally.members.add(lazy.state)
+            members = tally.members
+            members.add(id(lazy.state))
+            pattern = tally.pattern
+            if pattern is not None:  # an N+1 already found: one more load of it
+                with self._lock:
+                    pattern.count += 1
+                return tally, None, None
+            if len(members) < 2:
+                return tally, None, None
             with self._lock:
-                if tally.pattern is not None:
-                    tally.pattern.count += 1
-                    return tally, None, None
-                if len(tally.members) < 2:
-                    return tally, None, None
                 # The second member of the cohort: an N+1, from this line.
                 pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
                 tally.pattern = pattern
@@ -369,6 +375,9 @@ class Detection:
         """Note the statement a lazy load ran, for the finding it may become part of."""
         if tally is None:
             return
+        pattern = tally.pattern
+        if tally.fingerprint is not None and (pattern is None or pattern.fingerprint is not None):
+            return  # nothing left to note (set once, under the lock below, never unset)
         with self._lock:
             if tally.fingerprint is None:
                 tally.fingerprint = fingerprint

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -68,20 +68,23 @@ class Callsites:
     __slots__ = ("_found",)
 
     def __init__(self) -> None:
-        self._found: dict[tuple[str, ...], CallSite | None] = {}
+        # Made for every lazy load and rarely asked: the dictionary comes with the first walk.
+        self._found: dict[tuple[str, ...], CallSite | None] | None = None
 
     def get(self, skip_modules: tuple[str, ...]) -> CallSite | None:
-        try:
-            return self._found[skip_modules]
-        except KeyError:
-            found = self._found[skip_modules] = find_callsite(skip_modules)
-            return found
+        found = self._found
+        if found is None:
+            found = self._found = {}
+        elif skip_modules in found:
+            return found[skip_modules]
+        callsite = found[skip_modules] = find_callsite(skip_modules)
+        return callsite
 
 
-@dataclass(frozen=True, slots=True)
-class LazyMark:
+class LazyMark(NamedTuple):
     """What one detection knows about a lazy load: its relationship, the loader option that
-    would have avoided it, and the detection's tally for the cohort (None without a cohort)."""
+    would have avoided it, and the detection's tally for the cohort (None without a cohort).
+    A named tuple, made for every lazy load: cheaper to make than a frozen dataclass."""
 
     relationship: str
     option: str
