@@ -353,6 +353,42 @@ def test_schema_translate_maps_never_share_entries(backend: Backend, qc: QueryCa
         base.dispose()
 
 
+@pytest.mark.parametrize(  # schemas: PostgreSQL
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_translate_map_of_schema_none_is_not_the_schema_named_none(
+    backend: Backend, qc: QueryCache
+) -> None:
+    # {None: s} moves the tables without a schema to s; {"None": s} moves only tables in a
+    # schema named "None", so Person stays in public. Equal as text, they must not share keys.
+    base = create_engine(backend.sync_url)
+    with base.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS r_tenant_n CASCADE"))
+        conn.execute(text("CREATE SCHEMA r_tenant_n"))
+    # Two engines: SQLAlchemy refuses to switch between these maps on one compiled cache.
+    moved = create_engine(
+        backend.sync_url, execution_options={"schema_translate_map": {None: "r_tenant_n"}}
+    )
+    named = create_engine(
+        backend.sync_url, execution_options={"schema_translate_map": {"None": "r_tenant_n"}}
+    )
+    try:
+        for engine, where in ((moved, "r_tenant_n"), (base, "public")):
+            Person.__table__.drop(engine, checkfirst=True)  # type: ignore[attr-defined]
+            Person.__table__.create(engine)  # type: ignore[attr-defined]
+            with Session(engine) as session:
+                session.add(Person(id=1, name=f"in {where}"))
+                session.commit()
+        for _ in range(3):
+            assert (name_of(moved), name_of(named)) == ("in r_tenant_n", "in public")
+    finally:
+        with base.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS r_tenant_n CASCADE"))
+        Person.__table__.drop(base, checkfirst=True)  # type: ignore[attr-defined]
+        for engine in (base, moved, named):
+            engine.dispose()
+
+
 POSTGRESQL = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
 )

@@ -135,3 +135,28 @@ def test_concurrent_misses_run_the_query_once(db: Engine, qc: QueryCache) -> Non
     assert len(queries) == stats.misses - 1  # one query per miss after learning...
     assert stats.hits + stats.misses == 5
     assert stats.hits >= 2  # ...and the threads that waited for the leader hit its entry
+
+
+def test_dependencies_of_mysql_text_with_backslash_escapes(db: Engine, qc: QueryCache) -> None:
+    # Read as standard SQL, the literal 'x\'' ends at its second quote and the third opens a
+    # literal that runs to the next quote, hiding c_payments: the function would depend on no
+    # table and serve its old count after a commit.
+    if db.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("backslash escapes in string literals are MySQL's and MariaDB's")
+    from sqlalchemy import text
+
+    @cached(ttl=60, name="escaped")
+    def count(session: Session) -> int:
+        sql = text(r"SELECT 'x\'' AS q, count(*) AS n FROM c_payments WHERE 'b' = 'b'")
+        return int(session.execute(sql).one().n)
+
+    with Session(db) as session:
+        before = count(session)
+        assert count(session) == before  # learnt, then stored
+        with assert_max_queries(0):
+            assert count(session) == before
+    with Session(db) as session:
+        session.add(Payment(account_id=1, amount=5))
+        session.commit()
+    with Session(db) as session:
+        assert count(session) == before + 1

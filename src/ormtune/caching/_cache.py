@@ -747,8 +747,10 @@ def _exact(value: Any, out: list[Any]) -> bool:
 
 
 def _hashable(value: Any) -> Any:
+    # Keys by repr(), not str(): a schema_translate_map maps the schema None, and {None: "a"}
+    # and {"None": "a"} are different maps that must never share an entry.
     if isinstance(value, dict):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+        return tuple(sorted((repr(k), _hashable(v)) for k, v in value.items()))
     return value
 
 

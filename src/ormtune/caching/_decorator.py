@@ -22,7 +22,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ormtune.caching import _codec
 from ormtune.caching._flight import AsyncSingleFlight, SingleFlight
-from ormtune.caching._recording import recording
+from ormtune.caching._recording import BackslashSQL, recording
 from ormtune.caching._tokens import ANY_ROW, EVERYTHING, name_token, table_group
 from ormtune.exceptions import CacheBackendError
 from ormtune.querylog import analyze
@@ -142,7 +142,11 @@ class _Cached:
         """Add the tables ``recorded`` read; ``True`` if they were all known already."""
         if self.explicit:
             return True
-        read = frozenset(table_group(t) for sql in recorded for t in analyze(sql).tables)
+        read = frozenset(
+            table_group(table)
+            for sql in recorded
+            for table in analyze(sql, isinstance(sql, BackslashSQL)).tables
+        )
         if self.groups is not None and read <= self.groups:
             return True
         self.groups = read | (self.groups or frozenset())

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import InstanceState
 
 __all__ = [
+    "BackslashSQL",
     "fresh_states",
     "record_fresh",
     "record_statement",
@@ -30,11 +31,24 @@ recorded_statements: ContextVar[list[str] | None] = ContextVar(
 fresh_states: ContextVar[set[int] | None] = ContextVar("ormtune_cache_fresh", default=None)
 
 
+_BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb"})
+
+
+class BackslashSQL(str):
+    """A recorded statement sent to a database whose string literals take backslash escapes
+    (MySQL, MariaDB), so that the SQL reader finds its tables: read as standard SQL, a literal
+    like ``'x\\''`` ends early and the next quote opens one that hides the tables after it."""
+
+    __slots__ = ()
+
+
 def record_statement(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
     recording = recorded_statements.get()
     if recording is not None:
+        if conn.dialect.name in _BACKSLASH_DIALECTS:
+            statement = BackslashSQL(statement)
         recording.append(statement)
 
 
