@@ -51,9 +51,11 @@ class CallSite:
         return f"{path}:{self.lineno} in {self.function}"
 
 
-# skip_modules -> code object -> is it library code? Filled lazily; code objects live as long
-# as their module. One dict per skip_modules, so the walk looks frames up by code object alone.
-_is_library_code: dict[tuple[str, ...], dict[CodeType, bool]] = {}
+# skip_modules -> id(code object) -> (the code object, is it library code?). Filled lazily;
+# code objects live as long as their module, and the entry holds its own so that its id cannot
+# be reused by another. Keyed by id: hashing a code object hashes its bytecode, names and
+# constants every time (CPython keeps no hash on it), which made this lookup the walk's cost.
+_is_library_code: dict[tuple[str, ...], dict[int, tuple[CodeType, bool]]] = {}
 
 
 def _classify(frame: FrameType, skip_modules: tuple[str, ...]) -> bool:
@@ -84,10 +86,10 @@ def find_callsite(skip_modules: tuple[str, ...] = (), depth: int = 1) -> CallSit
     while True:
         while frame is not None:
             code = frame.f_code
-            is_library = known.get(code)
-            if is_library is None:
-                is_library = known[code] = _classify(frame, skip_modules)
-            if not is_library:
+            entry = known.get(id(code))
+            if entry is None or entry[0] is not code:
+                entry = known[id(code)] = (code, _classify(frame, skip_modules))
+            if not entry[1]:
                 return CallSite(code.co_filename, frame.f_lineno, code.co_name)
             frame = frame.f_back
         # Out of frames: under asyncio, go on in the greenlet that started this one.
