@@ -140,6 +140,22 @@ def test_bad_arguments_are_named(
     assert fnmatchcase(str(info.value), message), str(info.value)
 
 
+def test_remembered_arguments_are_still_checked_by_type() -> None:
+    # detect() remembers the check of arguments it saw; an equal value of another type
+    # (1 == True, 2.0 == 2) is checked anew, and a bad argument is refused every time.
+    assert detect(unused_eager=True).settings.unused_eager is True
+    with pytest.raises(TypeError, match="unused_eager must be True or False"):
+        detect(unused_eager=1)  # type: ignore[arg-type]
+    assert detect(repeated_threshold=2).settings.repeated_threshold == 2
+    with pytest.raises(TypeError, match="repeated_threshold must be a whole number"):
+        detect(repeated_threshold=2.0)  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="mode must be one of"):
+            detect("loud")  # type: ignore[arg-type]
+    assert detect(allow=["User.posts"]).settings.allow == ("User.posts",)  # lists: not kept
+    assert detect(allow=("User.*",)).settings.allow == ("User.*",)
+
+
 def test_install_names_itself_in_errors() -> None:
     with pytest.raises(ConfigurationError, match=r"^install\(\) mode must be one of"):
         install("panic")  # type: ignore[arg-type]

@@ -146,7 +146,8 @@ class Detection:
         self._order = itertools.count()
         self._patterns: dict[tuple[object, ...], _Pattern] = {}
         self._groups: dict[tuple[str, CallSite | None], _Group] = {}
-        self._cohorts: weakref.WeakSet[Cohort] = weakref.WeakSet()  # holding our tallies
+        # The cohorts holding our tallies, made with the first (many blocks never count one).
+        self._cohorts: weakref.WeakSet[Cohort] | None = None
         self._eager: list[tuple[EagerLoad, CallSite | None, int]] = []  # with line and order
         self._state: Literal["new", "open", "closed"] = "new"
         self._token: Token[tuple[Detection, ...]] | None = None
@@ -209,6 +210,8 @@ class Detection:
 
     def _forget_tallies(self) -> None:
         """Take this detection's tallies off the cohorts that outlive it."""
+        if self._cohorts is None:
+            return
         for cohort in list(self._cohorts):
             with cohort.lock:
                 cohort.notes.pop(self._notes_key, None)
@@ -314,6 +317,8 @@ class Detection:
             if tallies is None:
                 tallies = cohort.notes[self._notes_key] = {}
                 with self._lock:
+                    if self._cohorts is None:
+                        self._cohorts = weakref.WeakSet()
                     self._cohorts.add(cohort)
             tally = tallies.get(lazy.relationship)
             if tally is None:
@@ -508,16 +513,40 @@ def detect(
     raises for them when the block ends.
     """
     return Detection(
-        settings(
-            mode,
-            allow,
-            allow_callsites,
-            repeated_threshold,
-            skip_modules,
-            caller="detect()",
-            unused_eager=unused_eager,
+        _checked_settings(
+            mode, allow, allow_callsites, repeated_threshold, skip_modules, unused_eager
         )
     )
+
+
+# detect() runs once per request or test, with the same arguments: their check is remembered
+# for arguments that are strings, numbers, None or tuples (bounded; keyed with each argument's
+# type, so that 1 is never taken for True); lists, sets and generators are checked every time.
+_checked: dict[tuple[object, ...], Settings] = {}
+_CHECKED_LIMIT = 256
+
+
+def _checked_settings(
+    mode: object,
+    allow: object,
+    allow_callsites: object,
+    repeated_threshold: object,
+    skip_modules: object,
+    unused_eager: object,
+) -> Settings:
+    arguments = (mode, allow, allow_callsites, repeated_threshold, skip_modules, unused_eager)
+    if not all(isinstance(patterns, tuple) for patterns in (allow, allow_callsites, skip_modules)):
+        return settings(*arguments[:5], caller="detect()", unused_eager=unused_eager)
+    key = tuple((type(argument), argument) for argument in arguments)
+    try:
+        found = _checked.get(key)
+    except TypeError:  # a tuple holding something unhashable: checked (and refused) below
+        return settings(*arguments[:5], caller="detect()", unused_eager=unused_eager)
+    if found is None:
+        found = settings(*arguments[:5], caller="detect()", unused_eager=unused_eager)
+        if len(_checked) < _CHECKED_LIMIT:
+            _checked[key] = found
+    return found
 
 
 def install(
