@@ -11,9 +11,11 @@ import datetime
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -151,3 +153,19 @@ def print_report(
     print()
     print(environment(extra))
     print(f"command: {command_line()}")
+
+
+def callgrind_instructions(argv: Sequence[str]) -> int:
+    """The instructions ``valgrind --tool=callgrind`` counts for one run of ``argv`` (with
+    ``PYTHONHASHSEED=0``, so that every run lays out its dictionaries alike)."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    match = re.search(r"refs:\s+([\d,]+)", done.stderr)
+    if match is None:
+        raise RuntimeError(f"no instruction count in callgrind's output:\n{done.stderr}")
+    return int(match.group(1).replace(",", ""))

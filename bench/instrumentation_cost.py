@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import command_line, environment, markdown_table
+from _harness import callgrind_instructions, command_line, environment, markdown_table
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,11 +109,8 @@ async def serve(app: Any, requests: int) -> None:
 
 def instructions(variant: str, requests: int, log_path: str) -> int:
     """Instructions callgrind counted for a whole run of ``requests`` requests."""
-    done = subprocess.run(
+    return callgrind_instructions(
         [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
             sys.executable,
             __file__,
             "--inner",
@@ -124,16 +119,8 @@ def instructions(variant: str, requests: int, log_path: str) -> int:
             str(requests),
             "--log",
             log_path,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
+        ]
     )
-    match = re.search(r"refs:\s+([\d,]+)", done.stderr)
-    if match is None:
-        raise RuntimeError(f"no instruction count in callgrind's output:\n{done.stderr}")
-    return int(match.group(1).replace(",", ""))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

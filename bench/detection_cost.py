@@ -1,0 +1,151 @@
+"""Where N+1 detection's cost goes, in CPU instructions counted by callgrind.
+
+The timed benchmarks (``autoload.py``'s second table, ``detection_cpu.py``) say how much
+detection costs; on a shared machine they scatter by several percent from run to run. This one
+counts instead, stage by stage, so that a change to one stage shows up exactly: the naive loop
+of ``autoload.py`` at N users on in-memory SQLite, run under ``valgrind --tool=callgrind`` with
+a small and a large number of runs, with the cyclic garbage collector off; the difference
+divided by the difference in runs is the instructions of one run, free of start-up. The stages
+add one mechanism at a time:
+
+* ``off``: no ormtune;
+* ``cohorts``: :func:`ormtune.querylog.track_cohorts` alone (a ``load`` event per object);
+* ``do_orm_execute``: a ``do_orm_execute`` listener on ``Session`` that returns at once;
+* ``+ invoke_statement``: the same listener running each lazy load itself, as detection does;
+* ``engine listeners``: ormtune's engine listeners with an observer that does nothing;
+* ``all hooks``: the three mechanisms together, with no detection logic (the floor);
+* ``installed``: ``ormtune.nplusone.install("log")`` (N+1 findings, no repeated queries);
+* ``detect() block``: installed, and each run in a ``detect("log")`` block (the benchmark's
+  "detect on": repeated queries too, and the block's start and end).
+
+    .venv-bench/bin/python bench/detection_cost.py      # needs valgrind
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _harness
+from autoload import naive_loop, seed
+
+from ormtune.nplusone import detect, install
+from ormtune.querylog import QueryEvent, observe, track_cohorts
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sqlalchemy.engine import Result
+    from sqlalchemy.orm import ORMExecuteState
+
+STAGES = {
+    "off": "off",
+    "cohorts": "cohorts",
+    "do_orm_execute": "do_orm_execute (returns at once)",
+    "invoke": "+ invoke_statement for lazy loads",
+    "engine": "engine listeners + no-op observer",
+    "hooks": "all hooks, no detection logic",
+    "installed": 'install("log")',
+    "block": 'install("log") + detect("log") block',
+}
+
+
+class _Nothing:
+    def on_query(self, event: QueryEvent, /) -> None:
+        return
+
+
+def _return_at_once(orm_execute_state: ORMExecuteState) -> None:
+    return None
+
+
+def _invoke_lazy_loads(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
+    if orm_execute_state.is_select and orm_execute_state.lazy_loaded_from is not None:
+        return orm_execute_state.invoke_statement()
+    return None
+
+
+def _set_up(stage: str) -> bool:
+    """Install what ``stage`` measures; whether each run is a detect() block."""
+    if stage in ("cohorts", "hooks"):
+        track_cohorts()
+    if stage == "do_orm_execute":
+        event.listen(Session, "do_orm_execute", _return_at_once)
+    if stage in ("invoke", "hooks"):
+        event.listen(Session, "do_orm_execute", _invoke_lazy_loads)
+    if stage in ("engine", "hooks"):
+        observe(_Nothing())
+    if stage in ("installed", "block"):
+        install("log")
+    return stage == "block"
+
+
+def _inner(stage: str, users: int, runs: int) -> None:
+    quiet = logging.getLogger("ormtune.nplusone")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    engine = create_engine("sqlite://")
+    seed(engine, 100)
+    block = _set_up(stage)
+    for _ in range(3):  # warm SQLAlchemy's caches
+        naive_loop(engine, users, ())
+    # Without the cyclic collector: when its passes fall depends on every allocation since
+    # start-up, which moves the counts by more than a stage adds (its own cost is not shown).
+    gc.collect()
+    gc.disable()
+    for _ in range(runs):
+        if block:
+            with detect("log"):
+                naive_loop(engine, users, ())
+        else:
+            naive_loop(engine, users, ())
+
+
+def _instructions(stage: str, users: int, runs: int) -> int:
+    return _harness.callgrind_instructions(
+        [sys.executable, __file__, "--inner", stage, "--users", str(users), "--runs", str(runs)]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--small", type=int, default=5)
+    parser.add_argument("--large", type=int, default=25)
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated")
+    parser.add_argument("--inner", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+        _inner(args.inner, args.users, args.runs)
+        return
+    per_run: dict[str, float] = {}
+    for stage in args.stages.split(","):
+        small = _instructions(stage, args.users, args.small)
+        large = _instructions(stage, args.users, args.large)
+        per_run[stage] = (large - small) / (args.large - args.small)
+    off = per_run.get("off")
+    rows = [
+        [
+            STAGES[stage],
+            f"{count:,.0f}",
+            "" if off is None else f"{count - off:+,.0f}",
+            "" if off is None else f"{count / off:.3f}",
+        ]
+        for stage, count in per_run.items()
+    ]
+    extra = {"users": str(args.users), "runs": f"{args.small}/{args.large}"}
+    _harness.print_report(["stage", "instructions/run", "added", "ratio"], rows, extra)
+
+
+if __name__ == "__main__":
+    main()
