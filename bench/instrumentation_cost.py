@@ -33,12 +33,23 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 QUERIES = 5
-VARIANTS = ("plain", "listeners", "instrumented")
+VARIANTS = ("plain", "sqlalchemy", "listeners", "instrumented")
 LABELS = {
     "plain": "plain",
+    "sqlalchemy": "SQLAlchemy's dispatch alone (no-op listeners)",
     "listeners": "engine listeners + no-op observer",
     "instrumented": "middleware + metrics + JSON logs (INFO)",
 }
+
+
+def _noop_before(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    return statement, parameters
+
+
+def _noop(*args: Any) -> None:
+    return
 
 
 def build(variant: str, log_path: str) -> tuple[Any, Any]:
@@ -60,6 +71,16 @@ def build(variant: str, log_path: str) -> tuple[Any, Any]:
         await send({"type": "http.response.body", "body": body})
 
     if variant == "plain":
+        return app, engine
+    if variant == "sqlalchemy":
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        # The same three events ormtune listens to, with listeners that do nothing: what
+        # SQLAlchemy's event dispatch costs any engine listener, before the listener's own work.
+        event.listen(Engine, "before_cursor_execute", _noop_before, retval=True)
+        event.listen(Engine, "after_cursor_execute", _noop)
+        event.listen(Engine, "handle_error", _noop)
         return app, engine
     if variant == "listeners":
         from ormtune.querylog import QueryEvent, observe
@@ -127,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=1300)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (plain is always run)",
+    )
     parser.add_argument("--inner", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
@@ -136,10 +162,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve(app, args.requests))
         engine.dispose()
         return
+    chosen = {name.strip() for name in args.variants.split(",")} | {"plain"}
+    unknown = chosen - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     per_request: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "requests.log")
-        for variant in VARIANTS:
+        for variant in (name for name in VARIANTS if name in chosen):
             small = instructions(variant, args.small, log_path)
             large = instructions(variant, args.large, log_path)
             per_request[variant] = (large - small) / (args.large - args.small)

@@ -138,6 +138,38 @@ def test_requests_are_recorded_by_route_template_method_and_status_class(
     assert value(f"{queries}_bucket", {"route": "/users/{id}", "le": "3.0"}) == 3
 
 
+def exemplar_of(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> object:
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.exemplar
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_a_request_id_too_long_for_an_exemplar_still_records_the_request(
+    registry: CollectorRegistry,
+) -> None:
+    # OpenMetrics allows 128 characters of exemplar labels ("request_id" takes 10): a longer
+    # id drops the exemplar, never the request's other observations.
+    collected = metrics(registry)
+    for request_id in ("a" * 118, "b" * 119):
+        collected.record_request(
+            route="/x", method="GET", status=200, duration=0.02, queries=4,
+            db_duration=0.001, request_id=request_id,
+        )  # fmt: skip
+    value = registry.get_sample_value
+    labels = {"route": "/x", "method": "GET", "status_class": "2xx"}
+    assert value("ormtune_http_server_request_duration_seconds_count", labels) == 2
+    assert value("ormtune_http_server_request_db_queries_count", {"route": "/x"}) == 2
+    assert value("ormtune_http_server_request_db_duration_seconds_count", {"route": "/x"}) == 2
+    exemplar = exemplar_of(
+        registry, "ormtune_http_server_request_duration_seconds_bucket", {**labels, "le": "0.025"}
+    )
+    assert exemplar is not None
+    assert exemplar.labels == {"request_id": "a" * 118}  # type: ignore[attr-defined]
+    assert exemplar.value == 0.02  # type: ignore[attr-defined]
+
+
 def test_label_values_past_the_ceiling_are_recorded_as_other(registry: CollectorRegistry) -> None:
     collected = metrics(registry, max_label_values=2)
     for route in ("/a", "/b", "/c", "/d"):

@@ -14,6 +14,7 @@ logging and the middleware work without it.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -30,18 +31,24 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from sqlalchemy.engine import Engine
 
-    from ormtune.querylog import QueryEvent, Signal
+    from ormtune.querylog import QueryEvent, Signal, StatementInfo
 
 __all__ = ["Buckets", "Metrics", "PendingObservations", "database_label", "metrics", "observe"]
 
 
+_Exemplar: Any = None  # prometheus_client.samples.Exemplar, bound by _prometheus()
+
+
 def _prometheus() -> Any:
+    global _Exemplar
     try:
         import prometheus_client
+        from prometheus_client.samples import Exemplar
     except ImportError as exc:
         raise MissingDependencyError(
             "prometheus_client", "prometheus", "ormtune.instrumentation metrics"
         ) from exc
+    _Exemplar = Exemplar
     return prometheus_client
 
 
@@ -94,25 +101,43 @@ def _fast(child: Any) -> bool:
         and isinstance(buckets, list)
         and len(bounds) == len(buckets)
         and all(callable(getattr(value, "inc", None)) for value in buckets)
+        and all(callable(getattr(value, "set_exemplar", None)) for value in buckets)
         and callable(getattr(getattr(child, "_sum", None), "inc", None))
     )
 
 
-def observe(child: Any, amount: float) -> None:
-    """``child.observe(amount)`` for a labelled histogram, with the bucket found by bisection.
+def observe(child: Any, amount: float, exemplar: dict[str, str] | None = None) -> None:
+    """``child.observe(amount, exemplar)`` for a labelled histogram, with the bucket found by
+    bisection.
 
     prometheus_client's ``Histogram.observe`` checks the metric and walks the bounds in
     Python for every observation; this does what it does (add to the sum, count the first
-    bucket whose bound is >= the amount) with one ``bisect``. It reads the child's
-    ``_upper_bounds``, ``_sum`` and ``_buckets``, which prometheus_client has had for years;
-    :class:`Metrics` checks them on its first child (``_fast``) and otherwise observes the
-    public way. NaN, which no bucket takes, goes the public way too.
+    bucket whose bound is >= the amount, set the exemplar on that bucket) with one ``bisect``.
+    It reads the child's ``_upper_bounds``, ``_sum`` and ``_buckets``, which prometheus_client
+    has had for years; :class:`Metrics` checks them on its first child (``_fast``) and
+    otherwise observes the public way. NaN, which no bucket takes, goes the public way too.
+    An exemplar must be valid (see :func:`_exemplar`): it is not checked again here.
     """
     if amount == amount:
         child._sum.inc(amount)
-        child._buckets[bisect_left(child._upper_bounds, amount)].inc(1)
+        bucket = child._buckets[bisect_left(child._upper_bounds, amount)]
+        bucket.inc(1)
+        if exemplar:
+            bucket.set_exemplar(_Exemplar(exemplar, amount, time.time()))
     else:
-        child.observe(amount)
+        child.observe(amount, exemplar)
+
+
+# OpenMetrics caps an exemplar's label names and values at 128 characters in all, and
+# prometheus_client raises ValueError past it (after counting the observation).
+_EXEMPLAR_LIMIT = 128 - len("request_id")
+
+
+def _exemplar(request_id: str | None) -> dict[str, str] | None:
+    """The request-id exemplar, or None when there is no id or it is too long for one."""
+    if not request_id or len(request_id) > _EXEMPLAR_LIMIT:
+        return None
+    return {"request_id": request_id}
 
 
 class PendingObservations:
@@ -150,23 +175,24 @@ class PendingObservations:
         if not items:
             return
         # child -> [sum, {bucket index: count}], in order of first appearance
-        grouped: dict[Any, tuple[list[float], dict[int, int]]] = {}
+        grouped: dict[Any, list[Any]] = {}
         for child, amount in items:
-            group = grouped.get(child)
-            if group is None:
-                group = grouped[child] = ([0.0], {})
             if amount != amount:  # NaN: no bucket takes it; let prometheus_client decide
                 child.observe(amount)
                 continue
-            group[0][0] += amount
             index = bisect_left(child._upper_bounds, amount)
-            group[1][index] = group[1].get(index, 0) + 1
+            group = grouped.get(child)
+            if group is None:
+                grouped[child] = [amount, {index: 1}]
+            else:
+                group[0] += amount
+                counts = group[1]
+                counts[index] = counts.get(index, 0) + 1
         for child, (total, counts) in grouped.items():
-            if counts:
-                child._sum.inc(total[0])
-                buckets = child._buckets
-                for index, count in counts.items():
-                    buckets[index].inc(count)
+            child._sum.inc(total)
+            buckets = child._buckets
+            for index, count in counts.items():
+                buckets[index].inc(count)
 
 
 class Metrics:
@@ -201,6 +227,7 @@ class Metrics:
         self._error = BoundedLabel(max_label_values)
         self._pool = BoundedLabel(max_label_values)
         self._children: dict[tuple[str, str, str], Any] = {}
+        self._by_statement: dict[int, tuple[StatementInfo, str, Any, str]] = {}
         self._request_children: dict[tuple[str | None, str, int], tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
         # Whether the histogram children have the layout observe() relies on (None: not known
@@ -332,16 +359,16 @@ class Metrics:
     def on_query(self, event: QueryEvent) -> None:
         """Record one statement's duration (and its error, if it failed)."""
         info = event.statement
-        operation = _OPERATIONS.get(info.kind, "other")
-        database = database_label(event.engine)
-        key = (operation, info.tables[0] if info.tables else "", database)
-        child = self._children.get(key)
-        if child is None:
-            child = self.query_duration.labels(operation, self._table(key[1]), database)
-            with self._lock:
-                self._children[key] = child
-                if self._fast is None:
-                    self._fast = _fast(child)
+        engine = event.engine
+        database = _databases.get(id(engine)) or database_label(engine)
+        # The child (and operation) of each statement, by the identity of its StatementInfo,
+        # which the fingerprint memo hands out again for every execution of the same SQL; the
+        # entry holds the StatementInfo, so its id cannot be reused while the entry lives.
+        memo = self._by_statement.get(id(info))
+        if memo is not None and memo[0] is info and memo[1] == database:
+            child, operation = memo[2], memo[3]
+        else:
+            child, operation = self._statement_child(info, database)
         if self._fast:
             # In a request: held back and recorded at its end (see PendingObservations).
             request = _current.get()
@@ -352,6 +379,22 @@ class Metrics:
         if event.error is not None:
             error_type = self._error(type(event.error).__name__)
             self.query_errors.labels(operation, database, error_type).inc()
+
+    def _statement_child(self, info: StatementInfo, database: str) -> tuple[Any, str]:
+        operation = _OPERATIONS.get(info.kind, "other")
+        key = (operation, info.tables[0] if info.tables else "", database)
+        child = self._children.get(key)
+        if child is None:
+            child = self.query_duration.labels(operation, self._table(key[1]), database)
+            with self._lock:
+                self._children[key] = child
+                if self._fast is None:
+                    self._fast = _fast(child)
+        with self._lock:
+            if len(self._by_statement) >= 10_000:  # bounded, like the fingerprint memo
+                self._by_statement.clear()
+            self._by_statement[id(info)] = (info, database, child, operation)
+        return child, operation
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -402,14 +445,15 @@ class Metrics:
             with self._lock:
                 if len(self._request_children) < 10_000:  # bounded, like the labels
                     self._request_children[key] = children
-        exemplar = {"request_id": request_id} if request_id else None
-        children[0].observe(duration, exemplar)
+        exemplar = _exemplar(request_id)
         if self._fast is None:
             self._fast = _fast(children[1])
         if self._fast:
+            observe(children[0], duration, exemplar)
             observe(children[1], queries)
             observe(children[2], db_duration)
         else:
+            children[0].observe(duration, exemplar)
             children[1].observe(queries)
             children[2].observe(db_duration)
 

@@ -24,7 +24,7 @@ from ormtune.querylog._callsite import find_callsite
 from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryLog
-from ormtune.querylog._sqltext import analyze
+from ormtune.querylog._sqltext import _analyze
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -40,6 +40,7 @@ __all__ = ["Capture", "Observation", "capture", "observe"]
 logger = logging.getLogger("ormtune.querylog")
 
 _STARTED = "_ormtune_started"  # attribute set on the ExecutionContext by before_cursor_execute
+_perf_counter = time.perf_counter  # a global read, not a module attribute lookup, per statement
 
 
 @dataclass(slots=True, eq=False)  # not frozen: a frozen one costs a request 6 setattr calls
@@ -88,9 +89,9 @@ def _before_cursor_execute(
 ) -> tuple[str, Any]:
     # Installed with retval=True, which spares SQLAlchemy's adapter call per statement.
     if context is not None:
-        setattr(context, _STARTED, time.perf_counter())
+        context._ormtune_started = _perf_counter()  # type: ignore[attr-defined]
     else:
-        conn.info[_STARTED] = time.perf_counter()
+        conn.info[_STARTED] = _perf_counter()
     return statement, parameters
 
 
@@ -102,7 +103,7 @@ def _after_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
-    ended = time.perf_counter()
+    ended = _perf_counter()
     sinks = _scoped.get()
     if _global:
         sinks = sinks + _global if sinks else _global
@@ -157,12 +158,20 @@ def _emit(
     rowcount: int | None,
     error: BaseException | None,
 ) -> None:
-    info = analyze(statement, engine.dialect.name in _BACKSLASH_DIALECTS)
+    # Runs for every statement: the memo is called directly (not through analyze()), the usual
+    # one-engine filter and the deliveries are inlined.
+    info = _analyze(statement, engine.dialect.name in _BACKSLASH_DIALECTS)
     shared: QueryEvent | None = None  # the event every sink without special wishes shares
     callsites: dict[tuple[str, ...], CallSite | None] | None = None
     for sink in sinks:
-        if sink.engines and not sink.wants(engine):
-            continue
+        engines = sink.engines
+        if engines:
+            if len(engines) == 1:
+                wanted = engines[0]
+                if engine is not wanted and engine.pool is not wanted.pool:
+                    continue
+            elif not sink.wants(engine):
+                continue
         if not sink.callsites and not sink.parameters:
             if shared is None:
                 shared = QueryEvent(
@@ -176,7 +185,14 @@ def _emit(
                     None,
                     error,
                 )
-            sink.deliver(shared)
+            log = sink.log
+            if log is not None:
+                log._events.append(shared)  # QueryLog.append, without the call
+                continue
+            try:  # _Sink.deliver, without the call
+                sink.observer.on_query(shared)  # type: ignore[union-attr]
+            except Exception:
+                logger.exception("ormtune query observer %r failed", sink.observer)
             continue
         callsite = None
         if sink.callsites:
@@ -314,11 +330,11 @@ def capture(
     tasks started inside the block inherit it.
     """
     sink = _Sink(
-        engines=_engines(engines, "capture"),
-        callsites=callsites,
-        parameters=parameters,
-        skip_modules=tuple(skip_modules),
-        log=QueryLog(),
+        _engines(engines, "capture") if engines else (),
+        callsites,
+        parameters,
+        skip_modules if type(skip_modules) is tuple else tuple(skip_modules),
+        QueryLog(),
     )
     return Capture(sink)
 

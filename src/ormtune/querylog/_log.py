@@ -5,15 +5,18 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ormtune.querylog._callsite import CallSite
     from ormtune.querylog._event import QueryEvent
 
 __all__ = ["QueryGroup", "QueryLog"]
+
+_duration: Callable[[QueryEvent], float] = attrgetter("duration")
 
 
 @dataclass(slots=True)
@@ -73,7 +76,9 @@ class QueryLog:
     @property
     def total_duration(self) -> float:
         """Seconds spent in the database, summed over the recorded statements."""
-        return sum(event.duration for event in self.events)
+        with self._lock:
+            events = list(self._events)
+        return sum(map(_duration, events))  # in order, as a generator would: the same float
 
     @property
     def statements(self) -> list[str]:
