@@ -131,10 +131,16 @@ def _join(state: InstanceState[Any], context: QueryContext | None) -> None:
     state.__dict__[_STATE_ATTRIBUTE] = cohort
 
 
-def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object) -> None:
+def _on_refresh(state: InstanceState[Any], context: object, attrs: object) -> None:
     # Only a query that replaces what it loads (populate_existing) makes its rows peers again;
-    # refreshing one object, or filling in expired attributes along the way, does not.
-    if context.refresh_state is None and context.populate_existing:
+    # refreshing one object, or filling in expired attributes along the way, does not. The
+    # event also fires without a query: a composite built from its columns passes a marker
+    # object in place of the QueryContext.
+    if (
+        isinstance(context, QueryContext)
+        and context.refresh_state is None
+        and context.populate_existing
+    ):
         _join(state, context)
 
 
