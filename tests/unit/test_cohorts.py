@@ -11,7 +11,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, composite, mapped_column
 
 from ormtune.querylog import cohort_of, shared_cohort, track_cohorts, untrack_cohorts
@@ -171,3 +171,14 @@ def test_composite_attributes_work_while_cohorts_are_tracked() -> None:
     finally:
         untrack_cohorts()
         engine.dispose()
+
+
+def test_bulk_update_by_primary_key_while_cohorts_are_tracked(memory: Engine) -> None:
+    # An ORM bulk UPDATE by primary key fires the "refresh" event with no QueryContext at all
+    # for the objects of the identity map it updates in place.
+    with Session(memory) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        cohort = cohort_of(inspect(users[0]))
+        session.execute(update(User), [{"id": users[0].id, "name": "renamed"}])
+        assert users[0].name == "renamed"
+        assert cohort_of(inspect(users[0])) is cohort  # not a query's row: no new cohort
