@@ -35,8 +35,6 @@ __all__ = ["Autoload", "autoload", "autoload_option", "autoloading"]
 
 # Loader styles that are a plain lazy SELECT; every other style is left alone.
 _LAZY_SELECT = ("select", True)
-# The execution option SQLAlchemy's post-loaders (immediateload) give the lazy loads they run.
-_EAGER_LOADER_RUN = "sa_top_level_orm_context"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -70,10 +68,8 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     prop = lazy.relationship
     if prop.lazy not in _LAZY_SELECT or prop.key in lazy.state.callables:
         return None  # another loader style, or an explicit per-object loader option
-    if _EAGER_LOADER_RUN in orm_state.execution_options:
-        # Run by an eager loader (immediateload) on behalf of the query that loaded the
-        # object: an explicit loader option, whose recursion and depth are its own.
-        return None
+    if lazy.by_eager_loader:
+        return None  # immediateload's own: an explicit loader option, with its own recursion
     allowed, option_settings = autoload_settings(lazy.state.load_options)
     if not allowed:
         return None  # loaded with explicit loader options: left alone
