@@ -5,8 +5,9 @@
 #
 # SQLALCHEMY_SOURCE is a SQLAlchemy source tree (its lib/ and test/, README.unittests.rst);
 # its own lib/ is imported, so the tests match the library. Without pytest arguments the
-# files listed in files.txt run. Results go to RESULTS_DIR/results-NAME.xml (JUnit); NAME is
-# the variant unless OUT is set. ORMTUNE_COUNT=1 and ORMTUNE_RELAX=1 as in ormtune_on.py.
+# files listed in files.txt run; files-extra.txt is the second set in docs/conformance.md.
+# Results go to RESULTS_DIR/results-NAME.xml (JUnit); NAME is the variant unless OUT is set.
+# ORMTUNE_COUNT=1 and ORMTUNE_RELAX=1 as in ormtune_on.py; PYTHON overrides the interpreter.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)

@@ -137,7 +137,7 @@ def _on_refresh(state: InstanceState[Any], context: object, attrs: object) -> No
     # Only a query that replaces what it loads (populate_existing) makes its rows peers again;
     # refreshing one object, or filling in expired attributes along the way, does not. The
     # event also fires without a query: a composite built from its columns passes a marker
-    # object in place of the QueryContext.
+    # object in place of the QueryContext, an ORM bulk UPDATE by primary key passes None.
     if (
         isinstance(context, QueryContext)
         and context.refresh_state is None
