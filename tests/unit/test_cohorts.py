@@ -11,8 +11,8 @@ import weakref
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy import create_engine, inspect, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, composite, mapped_column
 
 from ormtune.querylog import cohort_of, shared_cohort, track_cohorts, untrack_cohorts
 from tests.models import Base, Post, User, sample_users
@@ -121,3 +121,64 @@ def test_shared_cohort_joins_the_rows_of_several_queries(memory: Engine) -> None
         assert cohort is not None
         assert cohort_of(inspect(second[-1])) is cohort
         assert [state.obj() for state in cohort.states()] == [*first, *second]
+
+
+class _Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __composite_values__(self) -> tuple[int, int]:
+        return self.x, self.y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Point) and (self.x, self.y) == (other.x, other.y)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _ShapeBase(DeclarativeBase):
+    pass
+
+
+class _Shape(_ShapeBase):
+    __tablename__ = "shapes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    x: Mapped[int]
+    y: Mapped[int]
+    # active_history: setting the composite reads its previous value first
+    point: Mapped[_Point] = composite(_Point, "x", "y", active_history=True)
+
+
+def test_composite_attributes_work_while_cohorts_are_tracked() -> None:
+    # Reading a composite that is not built yet fires the ORM's "refresh" event with a marker
+    # object in place of a QueryContext (SQLAlchemy's own test suite:
+    # ActiveHistoryFlagTest.test_composite_property_flag).
+    engine = create_engine("sqlite://")
+    _ShapeBase.metadata.create_all(engine)
+    track_cohorts()
+    try:
+        with Session(engine) as session:
+            session.add_all([_Shape(point=_Point(1, 2)), _Shape(point=_Point(3, 4))])
+            session.commit()
+        with Session(engine) as session:
+            shapes = session.scalars(select(_Shape).order_by(_Shape.id)).all()
+            shapes[0].point = _Point(5, 6)
+            session.expire(shapes[1], ["point"])
+            assert [s.point for s in shapes] == [_Point(5, 6), _Point(3, 4)]
+            cohort = cohort_of(inspect(shapes[0]))
+            assert cohort is not None
+            assert [state.obj() for state in cohort.states()] == shapes
+    finally:
+        untrack_cohorts()
+        engine.dispose()
+
+
+def test_bulk_update_by_primary_key_while_cohorts_are_tracked(memory: Engine) -> None:
+    # An ORM bulk UPDATE by primary key fires the "refresh" event with no QueryContext at all
+    # for the objects of the identity map it updates in place.
+    with Session(memory) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        cohort = cohort_of(inspect(users[0]))
+        session.execute(update(User), [{"id": users[0].id, "name": "renamed"}])
+        assert users[0].name == "renamed"
+        assert cohort_of(inspect(users[0])) is cohort  # not a query's row: no new cohort

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, immediateload
 
 from ormtune import exceptions
 from ormtune.exceptions import ConfigurationError, NPlusOneError, NPlusOneWarning, OrmtuneError
@@ -404,3 +404,32 @@ def test_install_off_installs_nothing() -> None:
     assert isinstance(detection, Detection)
     assert installed() is None
     assert not hooked()
+
+
+# -- lazy loads that eager loaders run -------------------------------------------------------
+
+
+def _immediate_posts(engine: Engine, **execution_options: Any) -> list[list[str]]:
+    """Each user's post titles through immediateload, with a post added (pending) first."""
+    with Session(engine) as session:
+        session.add(Post(title="pending", author_id=1))
+        query = select(User).order_by(User.id).options(immediateload(User.posts))
+        users = session.scalars(query.execution_options(**execution_options)).all()
+        return [[post.title for post in user.posts] for user in users]
+
+
+@pytest.mark.parametrize(
+    "execution_options", [{"autoflush": False}, {"yield_per": 2}], ids=["autoflush", "yield_per"]
+)
+def test_immediateload_runs_its_loads_with_their_own_options(
+    memory: Engine, execution_options: dict[str, Any]
+) -> None:
+    # immediateload's lazy loads are not the query's statement: SQLAlchemy runs them without
+    # the query's autoflush=False and yield_per (#13301). Detection once re-ran them with
+    # ORMExecuteState.invoke_statement(), which passes those along: the pending post went
+    # missing (no autoflush), or yield_per met immediateload's unique() and raised.
+    control = _immediate_posts(memory, **execution_options)
+    assert control[0][-1] == "pending"  # the lazy load autoflushed
+    with detect("log") as detection:
+        assert _immediate_posts(memory, **execution_options) == control
+    assert [finding.relationship for finding in detection.findings] == ["User.posts"]

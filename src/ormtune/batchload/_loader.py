@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect as pyinspect
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import MANYTOONE, load_only, selectinload
 
@@ -181,6 +181,11 @@ def batch_load(
     prop = lazy.relationship
     if getattr(prop.mapper.class_, "__hash__", None) is None:
         return None  # lazy loads de-duplicate their rows by hashing the objects
+    if prop.secondary is not None and not isinstance(prop.secondary, Table):
+        # A join or subquery as the secondary: selectinload has been seen to build a wrong
+        # query for it (SQLAlchemy's main branch drops a primaryjoin condition and repeats a
+        # table), so the lazy load, which renders the relationship as written, does it.
+        return None
     members = _members(lazy)
     if len(members) < 2 or _one_target(members, prop):
         return None

@@ -11,9 +11,12 @@ Three things are installed when the first detection starts and removed when the 
 
 The listener runs a lazy load's statement itself (``ORMExecuteState.invoke_statement``, the
 documented way to wrap an execution), with a context variable naming the lazy load set around
-it, so the observer knows which statements a lazy load ran. The open detections are a context
-variable too: threads and asyncio tasks never see each other's, and tasks started inside a
-block inherit it. Where no ``detect()`` block is open, the installed detection (if any) acts.
+it, so the observer knows which statements a lazy load ran. The lazy loads an eager loader
+(``immediateload``) runs are counted but left to SQLAlchemy, which runs them with options of
+their own that ``invoke_statement`` would replace with the query's. The open detections are a
+context variable too: threads and asyncio tasks never see each other's, and tasks started
+inside a block inherit it. Where no ``detect()`` block is open, the installed detection (if
+any) acts.
 """
 
 from __future__ import annotations
@@ -134,6 +137,10 @@ def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None
     if error is not None:
         # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.
         raise error
+    if lazy.by_eager_loader:
+        # SQLAlchemy runs an eager loader's lazy loads without the query's own yield_per and
+        # autoflush=False; invoke_statement() would pass those along. Counted, not wrapped.
+        return None
     return _run(orm_execute_state, loading)
 
 

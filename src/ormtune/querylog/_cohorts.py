@@ -91,6 +91,8 @@ def cohort_of(state: InstanceState[Any]) -> Cohort | None:
 
 
 _SHARED_OPTION = "ormtune_cohort"
+# The execution option SQLAlchemy's post-loaders (immediateload) give the lazy loads they run.
+_EAGER_LOADER_OPTION = "sa_top_level_orm_context"
 
 
 def shared_cohort() -> dict[str, Cohort]:
@@ -131,10 +133,16 @@ def _join(state: InstanceState[Any], context: QueryContext | None) -> None:
     state.__dict__[_STATE_ATTRIBUTE] = cohort
 
 
-def _on_refresh(state: InstanceState[Any], context: QueryContext, attrs: object) -> None:
+def _on_refresh(state: InstanceState[Any], context: object, attrs: object) -> None:
     # Only a query that replaces what it loads (populate_existing) makes its rows peers again;
-    # refreshing one object, or filling in expired attributes along the way, does not.
-    if context.refresh_state is None and context.populate_existing:
+    # refreshing one object, or filling in expired attributes along the way, does not. The
+    # event also fires without a query: a composite built from its columns passes a marker
+    # object in place of the QueryContext, an ORM bulk UPDATE by primary key passes None.
+    if (
+        isinstance(context, QueryContext)
+        and context.refresh_state is None
+        and context.populate_existing
+    ):
         _join(state, context)
 
 
@@ -178,6 +186,9 @@ class LazyLoad(NamedTuple):
     state: InstanceState[Any]
     relationship: RelationshipProperty[Any]
     cohort: Cohort | None
+    # Run by an eager loader (immediateload) for the query that loaded the object, rather
+    # than by an attribute access: that loader's own, with its recursion and its options.
+    by_eager_loader: bool = False
 
     @property
     def name(self) -> str:
@@ -196,4 +207,5 @@ def lazy_load_of(orm_execute_state: ORMExecuteState) -> LazyLoad | None:
     prop = getattr(path, "prop", None)
     if not isinstance(prop, RelationshipProperty):
         return None
-    return LazyLoad(state, prop, cohort_of(state))
+    by_eager_loader = _EAGER_LOADER_OPTION in orm_execute_state.execution_options
+    return LazyLoad(state, prop, cohort_of(state), by_eager_loader)
