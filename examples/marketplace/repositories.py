@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from sqlalchemy.exc import ArgumentError, DBAPIError
-
 import ormtune
 from marketplace.models import (
     AccountDetails,
@@ -25,13 +23,11 @@ from marketplace.models import (
     Review,
     User,
 )
-from ormtune.exceptions import InvalidCursorError
-from ormtune.repository import AsyncRepository, LoadSpec, OrderSpec, Page
+from ormtune.repository import AsyncRepository, LoadSpec, OrderSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
-    from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from marketplace.settings import Mode
@@ -65,36 +61,6 @@ class MarketRepository(AsyncRepository[M]):
     cache_name: ClassVar[str] = ""
     # infrastructure reads (authentication) load what they need in every mode
     always_load: ClassVar[bool] = False
-
-    async def page(
-        self,
-        *where: ColumnElement[bool],
-        filters: Mapping[str, object] | None = None,
-        order_by: Sequence[str] | None = None,
-        limit: int = 50,
-        after: str | None = None,
-        load: Sequence[LoadSpec] | None = None,
-        include_deleted: bool = False,
-    ) -> Page[M]:
-        """``AsyncRepository.page``, with a cursor whose values the database cannot take (an
-        integer beyond 64 bits, a null) reported as an invalid cursor: clients send cursors
-        back, and a tampered one is bad input, not a server error."""
-        try:
-            return await super().page(
-                *where,
-                filters=filters,
-                order_by=order_by,
-                limit=limit,
-                after=after,
-                load=load,
-                include_deleted=include_deleted,
-            )
-        except (OverflowError, ArgumentError, DBAPIError) as exc:
-            # asyncpg rejects an out-of-range argument before sending it (a plain DBAPIError)
-            lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
-            if after is None or lost:
-                raise
-            raise InvalidCursorError(f"the cursor's values do not fit the ordering: {exc}") from exc
 
 
 class TokenRepository(MarketRepository[AuthToken]):
