@@ -12,7 +12,7 @@ add one mechanism at a time:
 * ``cohorts``: :func:`ormtune.querylog.track_cohorts` alone (a ``load`` event per object);
 * ``do_orm_execute``: a ``do_orm_execute`` listener on ``Session`` that returns at once;
 * ``+ invoke_statement``: the same listener running each lazy load itself, as detection does;
-* ``engine listeners``: ormtune's engine listeners with an observer that does nothing;
+* ``statement hooks``: ormtune's statement hooks with an observer that does nothing;
 * ``all hooks``: the three mechanisms together, with no detection logic (the floor);
 * ``installed``: ``ormtune.nplusone.install("log")`` (N+1 findings, no repeated queries);
 * ``detect() block``: installed, and each run in a ``detect("log")`` block (the benchmark's
@@ -52,7 +52,7 @@ STAGES = {
     "cohorts": "cohorts",
     "do_orm_execute": "do_orm_execute (returns at once)",
     "invoke": "+ invoke_statement for lazy loads",
-    "engine": "engine listeners + no-op observer",
+    "engine": "statement hooks + no-op observer",
     "hooks": "all hooks, no detection logic",
     "installed": 'install("log")',
     "block": 'install("log") + detect("log") block',

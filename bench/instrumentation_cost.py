@@ -36,8 +36,8 @@ QUERIES = 5
 VARIANTS = ("plain", "sqlalchemy", "listeners", "instrumented")
 LABELS = {
     "plain": "plain",
-    "sqlalchemy": "SQLAlchemy's dispatch alone (no-op listeners)",
-    "listeners": "engine listeners + no-op observer",
+    "sqlalchemy": "connection events, no-op listeners (SQLAlchemy's dispatch alone)",
+    "listeners": "ormtune's statement hooks + no-op observer",
     "instrumented": "middleware + metrics + JSON logs (INFO)",
 }
 
@@ -76,8 +76,9 @@ def build(variant: str, log_path: str) -> tuple[Any, Any]:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
-        # The same three events ormtune listens to, with listeners that do nothing: what
-        # SQLAlchemy's event dispatch costs any engine listener, before the listener's own work.
+        # The connection events ormtune listened to until it moved to the dialect's execution
+        # events, with listeners that do nothing: what SQLAlchemy's dispatch costs any
+        # before/after_cursor_execute listener, before the listener's own work.
         event.listen(Engine, "before_cursor_execute", _noop_before, retval=True)
         event.listen(Engine, "after_cursor_execute", _noop)
         event.listen(Engine, "handle_error", _noop)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy import Engine, create_engine, event, exc, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 import ormtune
 from ormtune.querylog import QueryEvent, StatementKind, listening
 from tests.models import Post, User, sample_users
+
+if TYPE_CHECKING:
+    from tests.conftest import Backend
 
 
 def _seed(engine: Engine, users: int = 3, posts_each: int = 2) -> None:
@@ -324,3 +328,77 @@ def test_report_lists_fingerprints_counts_and_callsites(engine: Engine) -> None:
     assert lines[3].startswith("  1x select posts.id")
     assert lines[3].endswith("from posts order by posts.id")
     assert " ms" in log.report()
+
+
+# The statement hooks are the dialect's do_execute / do_execute_no_params / do_executemany
+# events, which ormtune answers by running the cursor call itself. Other listeners on those
+# events must still run exactly once, in their order, and one that executes the statement
+# itself must be the only one that does.
+
+
+def test_a_do_execute_listener_registered_before_ormtune_runs_once(engine: Engine) -> None:
+    seen: list[str] = []
+
+    def watcher(cursor: object, statement: str, parameters: object, context: object) -> bool:
+        seen.append(statement)
+        return False
+
+    event.listen(engine, "do_execute", watcher, insert=True)
+    try:
+        with ormtune.capture() as log, engine.connect() as conn:
+            assert conn.execute(text("select :x + 1"), {"x": 1}).scalar() == 2
+    finally:
+        event.remove(engine, "do_execute", watcher)
+    assert len(seen) == 1
+    assert len(log) == 1
+
+
+def test_a_do_execute_listener_that_executes_the_statement_itself_is_the_only_one(
+    engine: Engine,
+) -> None:
+    executed: list[str] = []
+
+    def executor(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        executed.append(statement)
+        cursor.execute(statement, parameters)
+        return True
+
+    with ormtune.capture() as log:  # ormtune's hooks first, then the application's
+        event.listen(engine, "do_execute", executor)
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(User).values(name="written once"))
+                rows = conn.execute(
+                    select(func.count()).select_from(User).where(User.name == "written once")
+                ).scalar()
+        finally:
+            event.remove(engine, "do_execute", executor)
+    assert rows == 1  # the INSERT ran once, by the application's listener
+    assert len(executed) == 2
+    assert [query.kind for query in log] == [StatementKind.INSERT, StatementKind.SELECT]
+    assert log[0].rowcount == 1
+
+
+def test_the_dialects_own_first_connect_statements_are_not_recorded(backend: Backend) -> None:
+    # A new engine's first connection runs the dialect's set-up queries (server version,
+    # schema, settings) on a Connection with events off; they are not the application's.
+    fresh = create_engine(backend.sync_url)
+    try:
+        with ormtune.capture() as log, fresh.connect() as conn:
+            conn.execute(text("select 1")).scalar()
+        assert [query.sql for query in log] == ["select 1"]
+    finally:
+        fresh.dispose()
+
+
+def test_statements_without_parameters_and_failures_keep_their_timing(engine: Engine) -> None:
+    with ormtune.capture() as log, engine.connect() as conn:
+        conn.exec_driver_sql("select 1").scalar()
+        with pytest.raises(exc.DBAPIError):
+            conn.exec_driver_sql("select * from no_such_table_here")
+    ok, failed = log
+    assert ok.sql == "select 1"
+    assert ok.error is None
+    assert ok.duration > 0
+    assert failed.error is not None
+    assert failed.duration > 0

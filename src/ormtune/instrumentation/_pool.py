@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["TimedAsyncAdaptedQueuePool", "TimedQueuePool", "instrument_pool"]
 
 # Every instrumented pool and what records it: pool -> its recorders. A recreated pool (after
-# engine.dispose()) is added by the engine_disposed hook.
+# engine.dispose()) is added at its first checkout.
 _pools: weakref.WeakKeyDictionary[Pool, tuple[_PoolRecorder, ...]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -95,11 +95,15 @@ class _PoolRecorder:
         self._checked_out_gauge = metrics.pool_checked_out.labels(label)
         self._overflow_gauge = metrics.pool_overflow.labels(label)
 
-    def attach(self, pool: Pool) -> None:
+    def attach(self, pool: Pool, *, replaced: bool = False) -> None:
+        """Start recording ``pool``: from its own count, or from zero when it has just
+        replaced the engine's previous pool (its first checkout is then counted as a move)."""
         size = pool.size() if isinstance(pool, QueuePool) else 0
         with self._lock:
             self.size = size
-            self._checked_out = pool.checkedout() if isinstance(pool, QueuePool) else 0
+            self._checked_out = (
+                pool.checkedout() if isinstance(pool, QueuePool) and not replaced else 0
+            )
             self._metrics.pool_size.labels(self.label).set(size)
             self._publish()
 
@@ -149,17 +153,33 @@ def instrument_pool(
     Gauges (size, checked out, overflow in use) and invalidations work for every pool; the
     checkout wait histogram and the timeout counter need a :class:`TimedQueuePool` or
     :class:`TimedAsyncAdaptedQueuePool`. The pool that ``engine.dispose()`` creates is
-    recorded too.
+    recorded too, from its first checkout.
     """
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     recorder = _PoolRecorder(metrics, metrics.pool_label(name or database_label(sync_engine)))
 
-    def add(pool: Pool) -> None:
-        recorder.attach(pool)
+    def add(pool: Pool, *, replaced: bool = False) -> None:
+        recorder.attach(pool, replaced=replaced)
         with _lock:
             _pools[pool] = (*_pools.get(pool, ()), recorder)
 
+    # engine.dispose() replaces the engine's pool with one that carries copies of these
+    # listeners; its first checkout finds it here. (The engine's own engine_disposed event
+    # would say so at once, but a connection event on an engine makes SQLAlchemy dispatch
+    # connection events around every statement that engine runs.)
+    recorded = [sync_engine.pool]
+    replacing = threading.Lock()
+
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if not recorder.active:
+            return
+        pool = sync_engine.pool
+        if pool is not recorded[-1]:
+            with replacing:
+                if pool is not recorded[-1]:
+                    recorded.append(pool)
+                    add(pool, replaced=True)
+                    listen(pool)
         recorder.moved(+1)
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
@@ -171,10 +191,6 @@ def instrument_pool(
 
     def invalidate(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
         recorder.invalidated()
-
-    def disposed(disposed_engine: Engine) -> None:
-        add(disposed_engine.pool)
-        listen(disposed_engine.pool)
 
     pool_listeners = (
         ("checkout", checkout),
@@ -197,11 +213,9 @@ def instrument_pool(
 
     add(sync_engine.pool)
     listen(sync_engine.pool)
-    event.listen(sync_engine, "engine_disposed", disposed)
 
     def remove() -> None:
         recorder.active = False
-        event.remove(sync_engine, "engine_disposed", disposed)
         for pool in listened:
             for event_name, listener in pool_listeners:
                 if event.contains(pool, event_name, listener):

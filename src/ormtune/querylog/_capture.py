@@ -1,6 +1,6 @@
-"""Engine event hooks, and the two ways to receive their events: captures and observers.
+"""Statement hooks, and the two ways to receive their events: captures and observers.
 
-One set of listeners on the ``Engine`` class serves everything: ``capture()`` blocks, which are
+One set of listeners, on every engine's dialect, serves everything: ``capture()`` blocks, which are
 scoped to a context (held in a ``ContextVar``, so threads and asyncio tasks never see each
 other's statements), and observers registered with ``observe()``, which see every statement in
 the process. The listeners are installed when the first capture or observer starts and removed
@@ -27,9 +27,10 @@ from ormtune.querylog._log import QueryLog
 from ormtune.querylog._sqltext import _analyze
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
-    from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
+    from sqlalchemy.engine import ExceptionContext, ExecutionContext
     from sqlalchemy.engine.interfaces import DBAPICursor
 
     from ormtune.querylog._callsite import CallSite
@@ -39,7 +40,7 @@ __all__ = ["Capture", "Observation", "capture", "observe"]
 
 logger = logging.getLogger("ormtune.querylog")
 
-_STARTED = "_ormtune_started"  # attribute set on the ExecutionContext by before_cursor_execute
+_STARTED = "_ormtune_started"  # set on the ExecutionContext when its execution raises
 _perf_counter = time.perf_counter  # a global read, not a module attribute lookup, per statement
 
 
@@ -79,63 +80,153 @@ _global: tuple[_Sink, ...] = ()  # copy-on-write, read without the lock on the h
 _lock = threading.Lock()
 
 
-def _before_cursor_execute(
-    conn: Connection,
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> tuple[str, Any]:
-    # Installed with retval=True, which spares SQLAlchemy's adapter call per statement.
-    if context is not None:
-        context._ormtune_started = _perf_counter()  # type: ignore[attr-defined]
-    else:
-        conn.info[_STARTED] = _perf_counter()
-    return statement, parameters
+# The statement hooks are the dialect's execution events (do_execute, do_executemany,
+# do_execute_no_params), not the connection's before/after_cursor_execute: a connection event
+# makes SQLAlchemy join the engine's listeners into every new Connection and dispatch four
+# events around every statement, whatever the listener does, which cost more than ormtune's own
+# work per statement. A dialect event is one call per statement. The hook runs the cursor call
+# itself (as the dialect would) between two clock reads and tells SQLAlchemy it has done so.
+# Listeners registered after ormtune's on the same event still run, in their order, before the
+# dialect's own method; the first that returns True executes the statement, as it would without
+# ormtune. A Connection made with events switched off (the one SQLAlchemy opens to initialize a
+# dialect on its first connect) is left alone, as the connection events leave it alone.
 
 
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: DBAPICursor,
-    statement: str,
+def _events_off(context: ExecutionContext) -> bool:
+    return context.root_connection.__dict__.get("_has_events") is False
+
+
+def _sinks() -> tuple[_Sink, ...]:
+    sinks = _scoped.get()
+    if _global:
+        return sinks + _global if sinks else _global
+    return sinks
+
+
+def _later_listener_executed(listeners: Any, own: object, arguments: tuple[Any, ...]) -> bool:
+    """Run the listeners after ``own`` on one dialect execution event, as SQLAlchemy would have
+    after ours; True when one of them executed the statement."""
+    after_own = False
+    for listener in listeners:
+        if after_own:
+            if listener(*arguments):
+                return True
+        elif listener is own:
+            after_own = True
+    return False
+
+
+def _run_and_emit(
+    sinks: tuple[_Sink, ...],
+    context: ExecutionContext,
+    listeners: Any,
+    own: object,
+    execute: Callable[..., Any],
+    arguments: tuple[Any, ...],
     parameters: Any,
-    context: ExecutionContext | None,
     executemany: bool,
-) -> None:
-    ended = _perf_counter()
+) -> bool:
+    """Run one statement as the dialect would (after any later listener) between two clock
+    reads, and send its event."""
+    started = _perf_counter()
+    try:
+        if len(listeners) == 1 or not _later_listener_executed(listeners, own, arguments):
+            execute(*arguments)
+    except BaseException:
+        context._ormtune_started = started  # type: ignore[attr-defined]  # for handle_error
+        raise
+    duration = _perf_counter() - started
+    rowcount = arguments[0].rowcount
+    _emit(
+        sinks,
+        context.engine,
+        arguments[1],
+        parameters,
+        executemany,
+        duration,
+        rowcount if rowcount is not None and rowcount >= 0 else None,
+        None,
+    )
+    return True
+
+
+def _do_execute(
+    cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
+) -> bool:
     sinks = _scoped.get()
     if _global:
         sinks = sinks + _global if sinks else _global
     elif not sinks:
-        return
-    started = getattr(context, _STARTED, None) if context is not None else None
-    if started is None:
-        started = conn.info.pop(_STARTED, ended)
-    rowcount = cursor.rowcount
-    _emit(
+        return False  # SQLAlchemy runs the statement (and any later listener) as usual
+    if _events_off(context):
+        return False
+    dialect = context.dialect
+    return _run_and_emit(
         sinks,
-        conn.engine,
-        statement,
+        context,
+        dialect.dispatch.do_execute,
+        _do_execute,
+        dialect.do_execute,
+        (cursor, statement, parameters, context),
         parameters,
-        executemany,
-        ended - started,
-        rowcount if rowcount is not None and rowcount >= 0 else None,
-        None,
+        context.executemany,
+    )
+
+
+def _do_execute_no_params(cursor: DBAPICursor, statement: str, context: ExecutionContext) -> bool:
+    sinks = _sinks()
+    if not sinks or _events_off(context):
+        return False
+    dialect = context.dialect
+    return _run_and_emit(
+        sinks,
+        context,
+        dialect.dispatch.do_execute_no_params,
+        _do_execute_no_params,
+        dialect.do_execute_no_params,
+        (cursor, statement, context),
+        # what before_cursor_execute is given for a statement without parameters
+        context.parameters[0] if context.parameters else {},
+        False,
+    )
+
+
+def _do_executemany(
+    cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
+) -> bool:
+    sinks = _sinks()
+    if not sinks or _events_off(context):
+        return False
+    dialect = context.dialect
+    return _run_and_emit(
+        sinks,
+        context,
+        dialect.dispatch.do_executemany,
+        _do_executemany,
+        dialect.do_executemany,
+        (cursor, statement, parameters, context),
+        parameters,
+        True,
     )
 
 
 def _handle_error(exception_context: ExceptionContext) -> None:
-    sinks = _scoped.get() + _global
+    sinks = _sinks()
     statement = exception_context.statement
-    if not sinks or statement is None or exception_context.connection is None:
+    connection = exception_context.connection
+    if (
+        not sinks
+        or statement is None
+        or connection is None
+        or connection.__dict__.get("_has_events") is False
+    ):
         return
     context = exception_context.execution_context
     started = getattr(context, _STARTED, None) if context is not None else None
     duration = time.perf_counter() - started if started is not None else 0.0
     _emit(
         sinks,
-        exception_context.connection.engine,
+        connection.engine,
         statement,
         exception_context.parameters,
         bool(context is not None and context.executemany),
@@ -212,9 +303,11 @@ def _emit(
         )
 
 
-_LISTENERS = (
-    ("before_cursor_execute", _before_cursor_execute),
-    ("after_cursor_execute", _after_cursor_execute),
+# Dialect events, registered through the Engine class: every engine's dialect gets them.
+_LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("do_execute", _do_execute),
+    ("do_execute_no_params", _do_execute_no_params),
+    ("do_executemany", _do_executemany),
     ("handle_error", _handle_error),
 )
 
@@ -222,7 +315,7 @@ _LISTENERS = (
 def _install() -> None:
     for name, listener in _LISTENERS:
         if not event.contains(Engine, name, listener):
-            event.listen(Engine, name, listener, retval=name == "before_cursor_execute")
+            event.listen(Engine, name, listener)
 
 
 def _remove() -> None:
@@ -236,7 +329,7 @@ _hooks = SharedHooks(_install, _remove)
 
 def listening() -> bool:
     """Whether ormtune's engine listeners are installed right now."""
-    return event.contains(Engine, "after_cursor_execute", _after_cursor_execute)
+    return event.contains(Engine, "do_execute", _do_execute)
 
 
 def _engines(given: tuple[object, ...], caller: str) -> tuple[Engine, ...]:
