@@ -73,9 +73,9 @@ def _worker(factory: Callable[[], Callable[[], object]], conn: Connection, warmu
     for _ in range(warmup):
         run()
     while conn.recv():
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         run()
-        conn.send(time.perf_counter() - started)
+        conn.send((time.perf_counter() - started, time.process_time() - started_cpu))
     conn.close()
 
 
@@ -85,6 +85,14 @@ def interleaved_processes(
     """Like :func:`interleaved`, but each variant lives in a process of its own, set up once by
     its factory (as an application sets itself up once at start-up) and then asked for one
     timed run at a time, in a rotating order; only one variant runs at any moment."""
+    timed = interleaved_processes_with_cpu(factories, rounds, warmup=warmup)
+    return {name: [wall for wall, _ in runs] for name, runs in timed.items()}
+
+
+def interleaved_processes_with_cpu(
+    factories: Mapping[str, Callable[[], Callable[[], object]]], rounds: int, *, warmup: int = 3
+) -> dict[str, list[tuple[float, float]]]:
+    """:func:`interleaved_processes`, giving each run's wall time and its process's CPU time."""
     context = multiprocessing.get_context("fork")
     names = list(factories)
     workers = {}
@@ -93,7 +101,7 @@ def interleaved_processes(
         process = context.Process(target=_worker, args=(factories[name], child, warmup))
         process.start()
         workers[name] = (process, parent)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     try:
         for round_number in range(rounds):
             shift = round_number % len(names)

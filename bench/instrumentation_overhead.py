@@ -2,8 +2,8 @@
 ormtune's instrumentation (middleware + metrics + JSON logging at INFO).
 
 Three uvicorn servers run side by side, each in a process of its own and set up once as an
-application is: plain; with only ormtune's engine listeners and an observer that does nothing
-(the floor any per-statement hook pays, mostly in SQLAlchemy's event dispatch); and fully
+application is: plain; with only ormtune's statement hooks and an observer that does nothing
+(the floor any per-statement hook pays); and fully
 instrumented. A load generator on loopback (asyncio, HTTP/1.1 keep-alive, ``--concurrency``
 connections) drives one server at a time for ``--seconds``, in an order that rotates every
 round; the report gives medians over rounds, ratios to plain, and each server's own CPU time
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 VARIANTS = ("plain", "listeners", "instrumented")
 LABELS = {
     "plain": "plain",
-    "listeners": "engine listeners + no-op observer",
+    "listeners": "statement hooks + no-op observer",
     "instrumented": "middleware + metrics + JSON logs (INFO)",
 }
 ROWS = 1000
@@ -120,8 +120,8 @@ def serve(variant: str, port: int, url: str, log_path: str, workload: str) -> No
             def on_query(self, event: QueryEvent) -> None:
                 return
 
-        # Only ormtune's engine listeners and an observer that does nothing: the price of
-        # any per-statement hook, paid mostly in SQLAlchemy's event dispatch.
+        # Only ormtune's statement hooks and an observer that does nothing: the price of
+        # any per-statement hook.
         observe(Nothing(), engine)
         app = Starlette(routes=routes)
     else:
