@@ -9,11 +9,15 @@ divided by the difference in runs is the instructions of one run, free of start-
 add one mechanism at a time:
 
 * ``off``: no ormtune;
-* ``cohorts``: :func:`ormtune.querylog.track_cohorts` alone (a ``load`` event per object);
+* ``cohorts``: :func:`ormtune.querylog.track_cohorts` alone (a ``load`` event per object;
+  what autoload and unused-eager detection track, and detection alone did before it kept
+  SQLAlchemy's per-query run ids instead);
 * ``do_orm_execute``: a ``do_orm_execute`` listener on ``Session`` that returns at once;
 * ``+ invoke_statement``: the same listener running each lazy load itself, as detection does;
 * ``statement hooks``: ormtune's statement hooks with an observer that does nothing;
-* ``all hooks``: the three mechanisms together, with no detection logic (the floor);
+* ``all hooks``: what detection installs, with no detection logic (the floor): query runs
+  (:func:`ormtune.querylog.track_runs`, a ``refresh`` listener), the ``do_orm_execute``
+  listener with ``invoke_statement`` and the statement hooks;
 * ``installed``: ``ormtune.nplusone.install("log")`` (N+1 findings, no repeated queries);
 * ``detect() block``: installed, and each run in a ``detect("log")`` block (the benchmark's
   "detect on": repeated queries too, and the block's start and end).
@@ -39,7 +43,7 @@ import _harness
 from autoload import naive_loop, seed
 
 from ormtune.nplusone import detect, install
-from ormtune.querylog import QueryEvent, observe, track_cohorts
+from ormtune.querylog import QueryEvent, observe, track_cohorts, track_runs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -76,8 +80,10 @@ def _invoke_lazy_loads(orm_execute_state: ORMExecuteState) -> Result[Any] | None
 
 def _set_up(stage: str) -> bool:
     """Install what ``stage`` measures; whether each run is a detect() block."""
-    if stage in ("cohorts", "hooks"):
+    if stage == "cohorts":
         track_cohorts()
+    if stage == "hooks":
+        track_runs()
     if stage == "do_orm_execute":
         event.listen(Session, "do_orm_execute", _return_at_once)
     if stage in ("invoke", "hooks"):

@@ -5,7 +5,7 @@ what is on (docs/conformance.md):
 
 * ``A``: ``ormtune.autoload()``, every ``lazy="select"`` relationship of every mapper
   (declarative and imperative alike);
-* ``B``: ``ormtune.nplusone.install("log")`` plus cohort tracking;
+* ``B``: ``ormtune.nplusone.install("log")`` (which keeps query runs, not cohorts);
 * ``C``: both.
 
 Some of SQLAlchemy's fixtures (``RemoveORMEventsGlobally``, ``teardown_events``) remove every
@@ -31,7 +31,7 @@ import ormtune
 from ormtune import nplusone
 from ormtune.batchload import _autoload
 from ormtune.nplusone import _hooks
-from ormtune.querylog import _capture, _cohorts, track_cohorts
+from ormtune.querylog import _capture, _cohorts
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import ORMExecuteState
@@ -57,7 +57,6 @@ def pytest_configure(config: pytest.Config) -> None:
         ormtune.autoload()  # for the whole run
     if _detecting():
         nplusone.install("log")
-        track_cohorts()
     if os.environ.get("ORMTUNE_COUNT"):
         _count_batches()
     if os.environ.get("ORMTUNE_RELAX"):
@@ -78,10 +77,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Put back whichever of ormtune's listeners SQLAlchemy's fixtures removed."""
     global _reinstalled
     missing = False
-    for name, listener in _cohorts._LISTENERS:
-        if not event.contains(Mapper, name, listener):
-            event.listen(Mapper, name, listener, raw=True)
-            missing = True
+    if _autoloading():
+        for name, listener in _cohorts._LISTENERS:
+            if not event.contains(Mapper, name, listener):
+                event.listen(Mapper, name, listener, raw=True)
+                missing = True
     if _autoloading() and not event.contains(Session, "do_orm_execute", _autoload._on_orm_execute):
         event.listen(Session, "do_orm_execute", _autoload._on_orm_execute, retval=True)
         missing = True
@@ -89,10 +89,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if not event.contains(Session, "do_orm_execute", _hooks._on_do_orm_execute):
             event.listen(Session, "do_orm_execute", _hooks._on_do_orm_execute)
             missing = True
+        if not event.contains(Mapper, "refresh", _cohorts._seal_refresh):
+            event.listen(Mapper, "refresh", _cohorts._seal_refresh, raw=True)
+            missing = True
         for name, engine_listener in _capture._LISTENERS:
             if not event.contains(Engine, name, engine_listener):
-                retval = name == "before_cursor_execute"
-                event.listen(Engine, name, engine_listener, retval=retval)
+                event.listen(Engine, name, engine_listener)
                 missing = True
     _reinstalled += missing
 

@@ -30,7 +30,7 @@ import pytest
 from ormtune.exceptions import OrmtuneError
 from ormtune.nplusone import Detection, Finding
 from ormtune.nplusone._settings import DEFAULT_REPEATED_THRESHOLD, MODES, Settings, settings
-from ormtune.querylog import track_cohorts, untrack_cohorts
+from ormtune.querylog import track_cohorts, track_runs, untrack_cohorts, untrack_runs
 from ormtune.testing import assert_max_queries as _assert_max_queries
 from ormtune.testing import assert_no_nplusone as _assert_no_nplusone
 from ormtune.testing import assert_num_queries as _assert_num_queries
@@ -188,14 +188,17 @@ def pytest_collection_modifyitems(
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
-    # Objects that fixtures load must belong to cohorts for the body's lazy loads to count.
+    # Objects that fixtures load must be watched for the body's lazy loads to count (query runs)
+    # and for its reads of their eager loads (cohorts).
     if _settings_of(item) is None:
         return (yield)
+    track_runs()
     track_cohorts()
     try:
         return (yield)
     finally:
         untrack_cohorts()
+        untrack_runs()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -257,13 +260,15 @@ def assert_num_queries() -> Callable[..., QueryBudget]:
 def assert_no_nplusone() -> Generator[Callable[..., Detection]]:
     """``with assert_no_nplusone(allow=(...)):`` fails the test at the second lazy load of an
     N+1 (and, at the end of the block, on repeated queries, and with ``unused_eager=True`` on
-    unused eager loads). Cohort tracking is on from this fixture's set-up, so objects loaded
-    before the block count too."""
+    unused eager loads). Query runs and cohorts are watched from this fixture's set-up, so
+    objects loaded before the block count too."""
+    track_runs()
     track_cohorts()
     try:
         yield _assert_no_nplusone
     finally:
         untrack_cohorts()
+        untrack_runs()
 
 
 __all__: list[str] = []

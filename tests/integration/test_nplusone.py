@@ -22,6 +22,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     WriteOnlyMapped,
+    defer,
     joinedload,
     mapped_column,
     relationship,
@@ -233,6 +234,67 @@ def test_no_finding_where_none_is_due(db: Engine) -> None:
     lazy_loads = [event for event in log if LAZY_PAYMENTS in event.fingerprint]
     assert len(lazy_loads) == 4  # one per single object above: they did lazy-load
     assert not hooked()
+
+
+# Detection alone knows which query loaded an object from SQLAlchemy's per-query run id, not
+# from an event per loaded object. A refresh of one object gives it a run of its own; these
+# make sure the object still counts with the query that loaded it, and that separately loaded
+# objects never count together.
+
+
+def test_objects_expired_by_commit_still_count_with_their_query(db: Engine) -> None:
+    with pytest.raises(NPlusOneError) as info, detect("raise"), Session(db) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        session.commit()  # every user is expired: each refreshes itself at its next access
+        for user in users:
+            assert user.payments  # expired loop
+    [finding] = info.value.findings
+    assert isinstance(finding, Finding)
+    assert finding.relationship == "User.payments"
+    assert finding.callsite is not None
+    assert finding.callsite.lineno == _line_of("# expired loop")
+
+
+def test_deferred_and_refreshed_attributes_keep_the_objects_together(db: Engine) -> None:
+    with detect("log", repeated_threshold=None) as detection, Session(db) as session:
+        users = session.scalars(select(User).options(defer(User.name)).order_by(User.id)).all()
+        for user in users:
+            session.refresh(user, ["id"])
+            assert user.name  # a deferred column: one more single-object load
+            assert user.payments  # deferred loop
+    [finding] = detection.findings
+    assert (finding.kind, finding.relationship, finding.count) == ("n+1", "User.payments", USERS)
+    assert finding.callsite is not None
+    assert finding.callsite.lineno == _line_of("# deferred loop")
+
+
+def test_objects_loaded_one_by_one_or_refreshed_by_a_new_query_are_not_peers(db: Engine) -> None:
+    with detect("raise", repeated_threshold=None) as detection, Session(db) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        # populate_existing loads each user again in a query of its own: no longer peers.
+        for user in users:
+            again = session.scalars(
+                select(User).where(User.id == user.id).execution_options(populate_existing=True)
+            ).one()
+            assert again is user
+            assert user.payments
+        # Objects that no query loaded (added and flushed here) have no peers either.
+        fresh = [User(name=f"fresh {i}") for i in range(3)]
+        session.add_all(fresh)
+        session.flush()
+        session.expire_all()
+        for user in fresh:
+            assert user.payments == []
+    assert detection.findings == []
+
+
+def test_objects_loaded_before_any_detection_do_not_count(db: Engine) -> None:
+    with Session(db) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        with detect("raise", repeated_threshold=None) as detection:
+            for user in users:
+                assert user.payments
+    assert detection.findings == []
 
 
 def test_allow_list_exempts_relationships_and_lines(db: Engine) -> None:

@@ -14,18 +14,26 @@ import pytest
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session, immediateload
 
+import ormtune
 from ormtune import exceptions
 from ormtune.exceptions import ConfigurationError, NPlusOneError, NPlusOneWarning, OrmtuneError
-from ormtune.nplusone import Detection, Finding, detect, install, uninstall
+from ormtune.nplusone import Detection, Finding, _detection, detect, install, uninstall
 from ormtune.nplusone._hooks import hooked, installed
 from ormtune.nplusone._settings import DEFAULT_REPEATED_THRESHOLD
-from ormtune.querylog import CallSite, cohort_of, tracking_cohorts
+from ormtune.querylog import (
+    CallSite,
+    cohort_of,
+    tracking_cohorts,
+    tracking_runs,
+)
 from tests.models import Base, Post, User, sample_users
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy import Engine
+
+    from ormtune.caching import QueryCache
 
 
 @pytest.fixture
@@ -279,16 +287,20 @@ def test_a_detection_is_used_once() -> None:
 
 
 def test_hooks_live_exactly_as_long_as_some_detection(memory: Engine) -> None:
-    # Cohort tracking is shared (and reference-counted) with other features, such as
-    # autoload_option(), which keeps it on for good: only "on while detecting" is ours to test.
+    # Run tracking may be shared with other detections (installed ones): only "on while
+    # detecting" is ours to test. Detection alone tracks query runs, not cohorts (no event per
+    # loaded instance); unused-eager detection tracks cohorts too.
     assert not hooked()
     with detect("log"):
         assert hooked()
-        assert tracking_cohorts()
+        assert tracking_runs()
         with detect("log"):
             assert hooked()
         assert hooked()
     assert not hooked()
+    assert not tracking_runs()
+    with detect("log", unused_eager=True):
+        assert tracking_cohorts()
     with pytest.raises(NPlusOneError), detect("raise"):
         _n_plus_one(memory)
     assert not hooked()
@@ -338,16 +350,31 @@ def test_repeated_lazy_loads_that_become_an_n_plus_one_are_reported_once(memory:
     ]
 
 
-def test_a_finished_detection_leaves_nothing_on_the_cohorts(memory: Engine) -> None:
+def test_a_finished_detection_keeps_no_tallies(memory: Engine) -> None:
     with Session(memory) as session:
         with detect("log") as detection:
             users = session.scalars(select(User)).all()
             assert sum(len(user.posts) for user in users) == 6
-            cohort = cohort_of(inspect(users[0]))
-            assert cohort is not None
-            assert cohort.notes  # the detection's tallies
-        assert cohort.notes == {}
+            assert detection._runs  # the tallies, by query run
+        assert detection._runs == {}
     assert [finding.count for finding in detection.findings] == [3]
+
+
+def test_the_least_recently_used_run_tallies_go_beyond_the_limit(
+    memory: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_detection, "_MAX_RUNS", 2)
+    sessions = [Session(memory) for _ in range(3)]  # three queries, three sets of objects
+    with detect("log", repeated_threshold=None) as detection:
+        a, b, c = (session.scalars(select(User).order_by(User.id)).all() for session in sessions)
+        for user in a[:2]:
+            assert user.posts  # an N+1 of a's query: 2 loads
+        assert b[0].posts
+        assert c[0].posts  # a third run: a's tally, the least recently used, goes
+        assert a[2].posts  # a's run again, on a new tally: one load, no N+1 yet
+    for session in sessions:
+        session.close()
+    assert [(f.relationship, f.count) for f in detection.findings] == [("User.posts", 2)]
 
 
 # -- install() ------------------------------------------------------------------------------
@@ -433,3 +460,19 @@ def test_immediateload_runs_its_loads_with_their_own_options(
     with detect("log") as detection:
         assert _immediate_posts(memory, **execution_options) == control
     assert [finding.relationship for finding in detection.findings] == ["User.posts"]
+
+
+def test_objects_of_a_cache_hit_are_peers(memory: Engine, qc: QueryCache) -> None:
+    # A cache hit makes its objects without a query (no run id of SQLAlchemy's): they are
+    # still the rows of one result, and an N+1 over them is still an N+1.
+    statement = select(User).order_by(User.id).options(ormtune.cache(ttl=60))
+    while qc.stats.overall.misses < 2:  # a first miss learns the tables read; the second fills
+        with Session(memory) as session:
+            session.scalars(statement).all()
+    with detect("log", repeated_threshold=None) as detection, Session(memory) as session:
+        users = session.scalars(statement).all()
+        assert qc.stats.overall.hits == 1
+        assert sum(len(user.posts) for user in users) == 6
+    assert [(f.kind, f.relationship, f.count) for f in detection.findings] == [
+        ("n+1", "User.posts", 3)
+    ]

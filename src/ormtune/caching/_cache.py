@@ -72,7 +72,9 @@ from ormtune.querylog import (
     acts_on_lazy_loads_only,
     analyze,
     fingerprint,
+    share_new_run,
     tracking_cohorts,
+    tracking_runs,
 )
 
 if TYPE_CHECKING:
@@ -418,6 +420,8 @@ class QueryCache:
             cohort = Cohort()
             for instance_state in states:
                 cohort.add(instance_state)
+        if states and tracking_runs():  # N+1 detection: the hit's objects are peers
+            share_new_run(states)
         self._stats.hit(name)
         return shape.frozen.with_new_rows(rows)()
 

@@ -2,8 +2,9 @@
 
 An N+1 is decided per cohort (the instances one query loaded): the tally of relationship R on a
 cohort counts the distinct members R was lazily loaded for, and the second member makes it an
-N+1. Tallies live in the cohort's ``notes`` under a key of the detection, so they die with the
-cohort and a process-wide detection keeps nothing per object.
+N+1. A cohort is known by SQLAlchemy's run id of the query that loaded the instance
+(:func:`ormtune.querylog.query_run_of`), with no work per loaded instance; the tallies live in
+the detection, for the few thousand most recently used runs at most.
 
 Repeated queries are decided per unit of work: SELECTs are grouped by fingerprint and
 call-site, and a group with ``repeated_threshold`` statements or more is a finding, not
@@ -20,7 +21,6 @@ import itertools
 import logging
 import threading
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -41,7 +41,7 @@ from ormtune.nplusone._settings import (
     Settings,
     settings,
 )
-from ormtune.querylog import NPlusOneSignal, emit, signals_wanted
+from ormtune.querylog import NPlusOneSignal, emit, query_run_of, runs_since, signals_wanted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -50,23 +50,28 @@ if TYPE_CHECKING:
 
     from ormtune.nplusone._eager import EagerLoad
     from ormtune.nplusone._hooks import Callsites, LazyMark
-    from ormtune.querylog import CallSite, Cohort, LazyLoad
+    from ormtune.querylog import CallSite, LazyLoad
 
 __all__ = ["Detection", "Tally", "detect", "install", "uninstall"]
 
 logger = logging.getLogger("ormtune.nplusone")
 
 _serials = itertools.count(1)
+# Query runs a detection keeps tallies for: an N+1 loop touches its run again at every turn,
+# so only runs nothing has lazily loaded from in a long while are dropped (and a dropped run's
+# N+1, if it goes on, is found again at its next two loads and counted into the same finding).
+_MAX_RUNS = 4096
 
 
 class Tally:
-    """Lazy loads of one relationship on one cohort, as one detection counted them."""
+    """Lazy loads of one relationship on one cohort (query run), as one detection counted
+    them."""
 
     __slots__ = ("fingerprint", "loads", "members", "pattern")
 
     def __init__(self) -> None:
-        # The members by id(): the tally lives in the cohort's notes, so every member counted
-        # is a member of the cohort (kept alive by the application, or gone); a state that
+        # The members by id(): the tally is one run's, so every member counted is a member of
+        # that run (kept alive by the application, or gone); a state that
         # dies cannot be counted again, and an id reused by a later member could only make one
         # distinct load count as a repeat (and then only when a yield_per result's members
         # are dropped while it is still being read), never invent an N+1.
@@ -125,13 +130,14 @@ class Detection:
     """
 
     __slots__ = (
-        "_cohorts",
         "_eager",
         "_groups",
         "_lock",
         "_notes_key",
         "_order",
         "_patterns",
+        "_runs",
+        "_runs_lock",
         "_state",
         "_token",
         "installed",
@@ -146,8 +152,9 @@ class Detection:
         self._order = itertools.count()
         self._patterns: dict[tuple[object, ...], _Pattern] = {}
         self._groups: dict[tuple[str, CallSite | None], _Group] = {}
-        # The cohorts holding our tallies, made with the first (many blocks never count one).
-        self._cohorts: weakref.WeakSet[Cohort] | None = None
+        # Tallies by query run (most recently used last), for instances without a cohort.
+        self._runs: dict[int, dict[object, Tally]] = {}
+        self._runs_lock = threading.Lock()
         self._eager: list[tuple[EagerLoad, CallSite | None, int]] = []  # with line and order
         self._state: Literal["new", "open", "closed"] = "new"
         self._token: Token[tuple[Detection, ...]] | None = None
@@ -209,13 +216,8 @@ class Detection:
         self._conclude(may_raise=may_raise)
 
     def _forget_tallies(self) -> None:
-        """Take this detection's tallies off the cohorts that outlive it."""
-        if self._cohorts is None:
-            return
-        for cohort in list(self._cohorts):
-            with cohort.lock:
-                cohort.notes.pop(self._notes_key, None)
-        self._cohorts.clear()
+        with self._runs_lock:
+            self._runs.clear()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -300,26 +302,32 @@ class Detection:
     ) -> tuple[Tally | None, NPlusOneError | None]:
         """Count a lazy load that is about to run; the error to raise, in ``"raise"`` mode,
         when it is the second member of its cohort to load the relationship."""
-        cohort = lazy.cohort
-        if cohort is None:
-            return None, None
-        tally, error, signal = self._count_lazy_load(lazy, cohort, callsites)
+        run = query_run_of(lazy.state)
+        if run is None or run < runs_since():
+            return None, None  # loaded by no query, or before anything watched
+        tally, error, signal = self._count_lazy_load(lazy, run, callsites)
         if signal is not None:
             emit(signal)  # outside the locks: a subscriber may take its own
         return tally, error
 
+    def _run_tallies(self, run: int) -> dict[object, Tally]:
+        """This detection's tallies on the query run ``run`` (called with the runs' lock held);
+        the least recently used run goes when more than ``_MAX_RUNS`` are kept."""
+        runs = self._runs
+        tallies = runs.pop(run, None)
+        if tallies is None:
+            tallies = {}
+            if len(runs) >= _MAX_RUNS:
+                del runs[next(iter(runs))]
+        runs[run] = tallies
+        return tallies
+
     def _count_lazy_load(
-        self, lazy: LazyLoad, cohort: Cohort, callsites: Callsites
+        self, lazy: LazyLoad, run: int, callsites: Callsites
     ) -> tuple[Tally | None, NPlusOneError | None, NPlusOneSignal | None]:
         signal: NPlusOneSignal | None = None
-        with cohort.lock:
-            tallies: dict[object, Tally] | None = cohort.notes.get(self._notes_key)
-            if tallies is None:
-                tallies = cohort.notes[self._notes_key] = {}
-                with self._lock:
-                    if self._cohorts is None:
-                        self._cohorts = weakref.WeakSet()
-                    self._cohorts.add(cohort)
+        with self._runs_lock:
+            tallies = self._run_tallies(run)
             tally = tallies.get(lazy.relationship)
             if tally is None:
                 tally = tallies[lazy.relationship] = Tally()
@@ -493,8 +501,8 @@ def detect(
 
     Reported inside the block: a relationship lazy-loaded for two or more of the objects one
     query loaded (an N+1), and a SELECT run ``repeated_threshold`` times or more from one line
-    (None turns that off). Objects must be loaded while detection (or
-    :func:`ormtune.querylog.track_cohorts`) is on for their lazy loads to count.
+    (None turns that off). Objects must be loaded while a detection (or the pytest plugin,
+    or :func:`ormtune.querylog.track_runs`) is on for their lazy loads to count.
 
     ``mode`` says what a finding does: ``"warn"`` (an
     :class:`~ormtune.exceptions.NPlusOneWarning` at the loop's line, when the block ends),

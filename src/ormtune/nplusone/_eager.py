@@ -56,7 +56,7 @@ from sqlalchemy.orm.path_registry import PathRegistry
 
 from ormtune.nplusone import _hooks
 from ormtune.nplusone._findings import STRATEGY_OPTIONS
-from ormtune.querylog import SharedHooks, cohort_of
+from ormtune.querylog import SharedHooks, cohort_of, track_cohorts, untrack_cohorts
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -299,7 +299,10 @@ _listener = SharedHooks(_install, _remove)
 
 
 def acquire() -> None:
-    """Start finding eager loads (reference-counted; pair each call with :func:`release`)."""
+    """Start finding eager loads (reference-counted; pair each call with :func:`release`).
+    Reads are noted in cohorts, so cohorts are tracked meanwhile (before the ``load``
+    listener, which looks the cohort up)."""
+    track_cohorts()
     _listener.acquire()
 
 
@@ -307,6 +310,7 @@ def release() -> None:
     """Release one :func:`acquire`; the last removes the listener and switches every tracked
     descriptor back."""
     _listener.release()
+    untrack_cohorts()
 
 
 def tracked() -> Sequence[str]:

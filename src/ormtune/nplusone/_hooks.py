@@ -3,8 +3,10 @@
 Three things are installed when the first detection starts and removed when the last one stops
 (reference-counted, like the engine listeners of ``ormtune.querylog``):
 
-* cohort tracking (:func:`ormtune.querylog.track_cohorts`), so each instance knows which query
-  loaded it;
+* query runs (:func:`ormtune.querylog.track_runs`): SQLAlchemy's own per-query run id on each
+  instance says which query loaded it, kept across single-object refreshes; no event per loaded
+  instance (the cohorts of :func:`ormtune.querylog.track_cohorts`, an event per instance, are
+  used where something else tracks them: autoload, unused-eager detection, the pytest plugin);
 * one ``do_orm_execute`` listener on the ``Session`` class, which sees every lazy load before
   it runs SQL (many-to-one loads answered from the identity map never get there, rightly);
 * one querylog observer, which sees every statement, for fingerprints and repeated queries.
@@ -36,9 +38,10 @@ from ormtune.querylog import (
     find_callsite,
     lazy_load_of,
     lazy_loads_only,
+    note_refresh,
     observe,
-    track_cohorts,
-    untrack_cohorts,
+    track_runs,
+    untrack_runs,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +135,8 @@ def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None
         return None
     lazy = lazy_load_of(orm_execute_state)
     if lazy is None:
+        if orm_execute_state.is_select:
+            note_refresh(orm_execute_state)
         return None
     loading, error = _count(lazy, detections)
     if error is not None:
@@ -206,7 +211,7 @@ def acquire() -> None:
         _users += 1
         if _users > 1:
             return
-        track_cohorts()
+        track_runs()
         if not event.contains(Session, "do_orm_execute", _on_do_orm_execute):
             event.listen(Session, "do_orm_execute", _on_do_orm_execute)
         _observation = observe(_OBSERVER)
@@ -226,7 +231,7 @@ def release() -> None:
         if _observation is not None:
             _observation.close()
             _observation = None
-        untrack_cohorts()
+        untrack_runs()
 
 
 def hooked() -> bool:

@@ -24,13 +24,13 @@ import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import event
-from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty
+from sqlalchemy.orm import Mapper, QueryContext, RelationshipProperty, loading
 from sqlalchemy.orm.attributes import instance_state
 
 from ormtune.querylog._lifecycle import SharedHooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from sqlalchemy.orm import ORMExecuteState
     from sqlalchemy.orm.state import InstanceState
@@ -40,10 +40,17 @@ __all__ = [
     "LazyLoad",
     "cohort_of",
     "lazy_load_of",
+    "note_refresh",
+    "query_run_of",
+    "runs_since",
+    "share_new_run",
     "shared_cohort",
     "track_cohorts",
+    "track_runs",
     "tracking_cohorts",
+    "tracking_runs",
     "untrack_cohorts",
+    "untrack_runs",
 ]
 
 _CONTEXT_KEY = ("ormtune", "cohort")
@@ -176,6 +183,102 @@ def untrack_cohorts() -> None:
 def tracking_cohorts() -> bool:
     """Whether cohort listeners are installed right now (a cache hit asks on every query)."""
     return _hooks.active
+
+
+# -- query runs: which query loaded an instance, without an event per instance ------------
+#
+# SQLAlchemy gives every ORM query execution a run id (``QueryContext.runid``, from a process-wide
+# counter) and sets it on each instance the query creates, or replaces with ``populate_existing``
+# (``InstanceState.runid``): the rows of one query share one run, at no cost to anyone. What
+# tells a cohort without tracking it. Two things differ from cohorts: a refresh of one object
+# (an expired or deferred attribute loaded, ``Session.refresh()``) gives that object the
+# refresh's own run, so the run before it is kept on the state (noted before the refresh runs,
+# sealed by the ``refresh`` event, which fires only for refreshes); and the chunks of one
+# ``selectinload`` (500 keys each) are separate runs.
+
+_RUN_BEFORE_REFRESH = "_ormtune_run"  # (run the object belongs to, runid its refresh gave it)
+_REFRESHING = "_ormtune_run_refreshing"
+
+
+def query_run_of(state: InstanceState[Any]) -> int | None:
+    """The run of the query that loaded ``state`` (None for objects no query loaded), through
+    any single-object refreshes since."""
+    runid: int | None = state.runid
+    kept = state.__dict__.get(_RUN_BEFORE_REFRESH)
+    if kept is not None and kept[1] == runid:
+        run: int = kept[0]
+        return run
+    return runid
+
+
+def note_refresh(orm_execute_state: ORMExecuteState) -> None:
+    """Called from a ``do_orm_execute`` hook: before a single object is refreshed, remember
+    the run it belongs to (its refresh will give it a run of its own)."""
+    state: InstanceState[Any] | None = getattr(
+        orm_execute_state.load_options, "_refresh_state", None
+    )
+    if state is not None:
+        run = query_run_of(state)
+        if run is not None:
+            state.__dict__[_REFRESHING] = run
+
+
+def _seal_refresh(state: InstanceState[Any], context: object, attrs: object) -> None:
+    refreshed: object = getattr(context, "refresh_state", None)  # a QueryContext, or not
+    if refreshed is state:
+        run = state.__dict__.pop(_REFRESHING, None)
+        if run is not None:
+            state.__dict__[_RUN_BEFORE_REFRESH] = (run, state.runid)
+
+
+def _install_runs() -> None:
+    global _since
+    event.listen(Mapper, "refresh", _seal_refresh, raw=True)
+    _since = loading._new_runid()  # queries from now on are watched (the counter only grows)
+
+
+def _remove_runs() -> None:
+    if event.contains(Mapper, "refresh", _seal_refresh):
+        event.remove(Mapper, "refresh", _seal_refresh)
+
+
+_since = 0
+_run_hooks = SharedHooks(_install_runs, _remove_runs)
+
+
+def track_runs() -> None:
+    """Start keeping query runs across single-object refreshes (reference-counted; pair each
+    call with :func:`untrack_runs`). Callers also call :func:`note_refresh` from their
+    ``do_orm_execute`` hook."""
+    _run_hooks.acquire()
+
+
+def untrack_runs() -> None:
+    """Release one :func:`track_runs`."""
+    _run_hooks.release()
+
+
+def share_new_run(states: Iterable[InstanceState[Any]]) -> None:
+    """Make ``states`` the rows of one new query run, as if one query had loaded them (for
+    objects made without a query, such as a cache hit's). A run id no query has had or will
+    have, so SQLAlchemy's own use of it (is this row's object new to the running query?) is
+    unaffected."""
+    run = loading._new_runid()
+    for state in states:
+        state.runid = run
+        state.__dict__.pop(_RUN_BEFORE_REFRESH, None)
+
+
+def tracking_runs() -> bool:
+    """Whether query runs are kept across refreshes right now."""
+    return _run_hooks.active
+
+
+def runs_since() -> int:
+    """The first run watched since :func:`track_runs` last installed its listener: objects of
+    earlier runs were loaded while nothing watched (as objects loaded while cohorts were not
+    tracked have no cohort)."""
+    return _since
 
 
 class LazyLoad(NamedTuple):
