@@ -42,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from marketplace.demo import clear_redis
 from marketplace.workload import READS, Call, catalog_from_database, plan
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -231,18 +232,6 @@ def _databases(server_url: str, users: int, names: list[str]) -> tuple[dict[str,
     return urls, drop_all
 
 
-def _clear_redis(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
-
-
 def _run_worker(
     args: argparse.Namespace,
     mode: str,
@@ -395,7 +384,7 @@ def main() -> int:
                     file=sys.stderr,
                 )
     finally:
-        _clear_redis(args.redis, prefix)
+        clear_redis(args.redis, prefix)
         drop_all()
     print(
         f"\nCPU per request, µs (median over {args.workers} workers x {args.passes} passes; "
