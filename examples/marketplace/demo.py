@@ -424,12 +424,13 @@ def _databases(args: argparse.Namespace) -> Iterator[tuple[Databases, Catalog]]:
 
 
 def clear_redis(url: str, prefix: str) -> None:
-    """Delete the Redis keys under ``prefix`` (a run's cache entries and versions)."""
+    """Delete the Redis keys of every cache prefix that starts with ``prefix`` (a run's cache
+    entries and versions: ``RedisBackend`` names them ``{cache_prefix}:...``)."""
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        keys = list(client.scan_iter(match=f"{{{prefix}*", count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
     finally:

@@ -56,7 +56,9 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _repositories(request: Request) -> Repositories:
+async def _repositories(request: Request) -> Repositories:
+    # async although it awaits nothing: FastAPI runs a plain ``def`` dependency in a worker
+    # thread, and that hop cost about 0.6 ms of CPU per request here (every mode alike)
     return runtime(request).repositories
 
 

@@ -220,6 +220,37 @@ def test_lazy_loads_of_single_objects_and_refreshes_stay_uncached(
     assert (stats.hits, stats.misses, stats.bypasses, stats.rejected) == (1, 2, {}, {})
 
 
+def test_autoload_reads_a_single_cached_objects_relationships_through_the_cache(
+    db: Engine, qc: QueryCache, autoloading: None
+) -> None:
+    """With nothing to batch it with (one user's jobs, one job's client), autoload still makes
+    the lazy load of a cached object a top-level statement, which the cache then serves; a
+    write to a row it read is read by the next request. The control (uncached objects) keeps
+    SQLAlchemy's own lazy loads: four statements every time, nothing asked of the cache."""
+
+    def read(queries: int, cached: bool) -> list[Any]:
+        options = [cache(name=NAME)] if cached else []
+        with Session(db) as session, assert_num_queries(queries):
+            user = session.scalars(select(User).where(User.id == 1).options(*options)).one()
+            job = session.scalars(select(Job).where(Job.id == 21).options(*options)).one()
+            return [[(j.id, j.title) for j in user.jobs], job.client.name]
+
+    control = [read(4, cached=False) for _ in range(2)]
+    assert qc.stats.by_name == {}
+    assert control[0] == [[(10, "job 1.0"), (11, "job 1.1")], "user 2"]
+    # learn, fill, hit: the two statements and the two lone loads alike
+    expected = control[0]
+    assert [read(4, cached=True), read(4, cached=True), read(0, cached=True)] == [expected] * 3
+    with Session(db) as session:
+        job = session.get(Job, 11)
+        assert job is not None
+        job.title = "renamed"
+        session.commit()
+    after = read(1, cached=True)  # user 1's jobs, again from the database
+    assert after == [[(10, "job 1.0"), (11, "renamed")], "user 2"]
+    assert read(0, cached=True) == after == read(4, cached=False)
+
+
 async def test_async_session_warm_request_runs_no_query(
     db: Engine, backend: Backend, qc: QueryCache, autoloading: None
 ) -> None:

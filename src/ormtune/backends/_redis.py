@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ormtune.backends._compat import await_, in_greenlet
 from ormtune.backends._memory import DEFAULT_MAX_MEMBERS, check_ttl
-from ormtune.backends._scheme import COUNTER_BITS, COUNTER_LIMIT, header
+from ormtune.backends._scheme import COUNTER_BITS, COUNTER_LIMIT, header, header_versions
 from ormtune.exceptions import CacheBackendError, ConfigurationError, MissingDependencyError
 from ormtune.typing import Lookup
 
@@ -127,12 +127,14 @@ end
 """
 
 # KEYS: entry, seq, group per token. ARGV: known header ('' = none), member per token.
-# Returns {status, value ('' unless HIT), pttl (-1 = none), gen1, counter1, gen2, ...}.
+# Returns {status, value ('' unless HIT), pttl (-1 = none), header of the current versions}:
+# the versions as one string, not two numbers per token (each reply element costs the client
+# a parse step; the header is parsed in Python with one split).
 _LOOKUP = (
     _PREAMBLE
     + """
-local out = {MISS, '', -1}
-local hdr = current(3, -1, out)
+local hdr = current(3, -1, nil)
+local out = {MISS, '', -1, hdr}
 if ARGV[1] ~= '' and ARGV[1] == hdr then
   out[1] = KNOWN
   return out
@@ -431,7 +433,7 @@ class RedisBackend:
         keys, members = self._keys(key, tokens)
         reply = self._run("lookup", keys, [known, *members])
         status = int(reply[0])
-        versions = _versions(reply, 3)
+        versions = header_versions(reply[3])
         if status != HIT:
             return status, None, versions, None
         pttl = int(reply[2])  # -1: no expiry; 0: less than a millisecond left

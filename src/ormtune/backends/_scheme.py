@@ -44,6 +44,17 @@ def pack(generation: int, counter: int) -> int:
     return generation << COUNTER_BITS | counter
 
 
+def header_versions(frame: bytes) -> tuple[int, ...]:
+    """The versions a :func:`header` names (``frame`` as bytes, newline included)."""
+    body = frame[len(HEADER_MAGIC) : -1]
+    if not body:
+        return ()
+    return tuple(
+        int(generation) << COUNTER_BITS | int(counter)
+        for generation, _, counter in (part.partition(b".") for part in body.split(b","))
+    )
+
+
 def header(versions: Iterable[int]) -> str:
     """The frame that precedes an entry's value in a remote store.
 

@@ -28,6 +28,7 @@ from ormtune.batchload._options import (
     BatchMarker,
     Settings,
     carried,
+    wants_lone_batches,
 )
 from ormtune.batchload._targets import load_targets, target_plan
 from ormtune.querylog import AutoloadBatch, emit, shared_cohort, signals_wanted
@@ -187,10 +188,18 @@ def batch_load(
         # table), so the lazy load, which renders the relationship as written, does it.
         return None
     members = _members(lazy)
-    if len(members) < 2 or _one_target(members, prop):
-        return None
     plan = direct_plan(prop)
     targets = target_plan(prop) if plan is None else None
+    lone = len(members) < 2 or _one_target(members, prop)
+    if lone and (
+        (plan is None and targets is None)
+        or any(member.expired_attributes for member in members)
+        or not wants_lone_batches(lazy.state.load_options)
+    ):
+        # Nothing to batch with: the plain lazy load does the same work, unless the objects'
+        # options want a top-level statement (the query cache serves those, not lazy loads)
+        # and a direct batch can make one.
+        return None
     # SQLAlchemy autoflushes after the do_orm_execute hooks: a direct batch flushes (or not)
     # where the lazy load it replaces would have.
     execution_options = {"autoflush": _autoflushes(orm_state), **shared_cohort()}
@@ -219,7 +228,9 @@ def batch_load(
         execution_options,
         orm_state.bind_arguments,
     ):
+        if lone:
+            return None  # nothing was loaded: the plain lazy load goes ahead
         _reselect(orm_state, lazy, members, settings)
-    if signals_wanted():
+    if signals_wanted() and not lone:
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))
     return _result_for(lazy.state, prop)

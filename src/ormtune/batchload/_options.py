@@ -117,6 +117,14 @@ def carried(option: object) -> bool:
     return isinstance(option, LoaderCriteriaOption | UserDefinedOption)
 
 
+def wants_lone_batches(load_options: tuple[Any, ...]) -> bool:
+    """Whether a propagated option asks for an object's relationships to be loaded by a
+    top-level statement even when there is nothing to batch them with (one object, or one
+    target for all): the query cache's option does (``batch_lone_loads``, read by name),
+    because such a statement is one it can serve, where SQLAlchemy's own lazy load is not."""
+    return any(getattr(option, "batch_lone_loads", False) for option in load_options)
+
+
 def autoload_settings(load_options: tuple[Any, ...]) -> tuple[bool, Settings | None]:
     """Read an object's load options: (may it be batched at all, the settings of an
     ``autoload_option()`` among them, if any).

@@ -32,12 +32,16 @@ class CacheOption(UserDefinedOption):
     does, so statements ormtune issues on their behalf are cached too, with the same ``ttl``
     and ``name``: ``ormtune.autoload()``'s batch loads of their relationships (top-level
     statements, invalidated like any other) and, through the objects those batches load, the
-    next level's. SQLAlchemy's own relationship loads (a plain lazy load of one object,
-    ``selectinload``, ``subqueryload``) and refreshes of expired attributes stay uncached.
+    next level's. ``batch_lone_loads`` asks autoload to make such a statement even when
+    there is nothing to batch with (one object, or the same target for all), where it would
+    otherwise leave the load to SQLAlchemy. SQLAlchemy's own relationship loads (the lazy
+    loads autoload does not take over, ``selectinload``, ``subqueryload``) and refreshes of
+    expired attributes stay uncached.
     """
 
     _is_has_cache_key = True
     propagate_to_loaders = True
+    batch_lone_loads = True  # read by ormtune.batchload, by name
 
     def __init__(self, ttl: float | None, name: str | None) -> None:
         super().__init__((ttl, name))
