@@ -2,10 +2,12 @@
 
 ``uvicorn loadapp:app --app-dir bench/load`` with the ``MARKETPLACE_*`` environment variables
 (see marketplace.settings). ``GET /_load/counters`` returns the SQL statements this process has
-executed (a plain SQLAlchemy ``after_cursor_execute`` listener on every engine, the same in
-every mode, so naive and tuned are counted alike) and, when a query cache is installed, its
-hits and misses (``ormtune.caching.active_cache().stats``). The load test reads it before and
-after each step.
+executed (plain SQLAlchemy listeners on every dialect's execution events, which count and let
+the statement run, the same in every mode, so naive and tuned are counted alike; dialect
+events, not ``after_cursor_execute``, because a connection event would add SQLAlchemy's
+per-connection and per-statement event dispatch to both modes) and, when a query cache is
+installed, its hits and misses (``ormtune.caching.active_cache().stats``). The load test reads
+it before and after each step.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ _executed = [0]
 _requests = [0]
 
 
-@event.listens_for(Engine, "after_cursor_execute")
-def _count(*_: object) -> None:
+def _count(*_: object) -> bool:
     _executed[0] += 1
+    return False  # not executed here: SQLAlchemy (or the next listener) runs the statement
+
+
+for _name in ("do_execute", "do_execute_no_params", "do_executemany"):
+    event.listen(Engine, _name, _count)
 
 
 # Each process may open pool_size + pool_size (overflow) connections; PostgreSQL here allows
