@@ -44,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from marketplace.demo import clear_redis
-from marketplace.workload import READS, Call, catalog_from_database, plan
+from marketplace.demo import clear_redis, postgres_copies
+from marketplace.workload import READS, Call, plan
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -192,48 +192,6 @@ async def _count_pass(app: Any, reads: list[Call], tokens: dict[int, str]) -> di
 # --- the driver ----------------------------------------------------------------------------
 
 
-def _databases(server_url: str, users: int, names: list[str]) -> tuple[dict[str, str], Any]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from marketplace.data import generate
-
-    server = make_url(server_url)
-    admin = create_engine(
-        server.set(drivername="postgresql+psycopg", database="postgres"),
-        isolation_level="AUTOCOMMIT",
-    )
-    tag = f"mp_cpu_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    template = f"{tag}_template"
-    databases = {name: f"{tag}_{name}" for name in names}
-
-    def drop_all() -> None:
-        with admin.connect() as connection:
-            for name in [*databases.values(), template]:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{template}"'))
-        rendered = server.set(drivername="postgresql+asyncpg", database=template)
-        generate(rendered.render_as_string(hide_password=False), users=users, seed=0)
-        with admin.connect() as connection:
-            for name in databases.values():
-                connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    except BaseException:
-        drop_all()
-        raise
-    urls = {
-        name: server.set(drivername="postgresql+asyncpg", database=database).render_as_string(
-            hide_password=False
-        )
-        for name, database in databases.items()
-    }
-    urls["template"] = rendered.render_as_string(hide_password=False)
-    return urls, drop_all
-
-
 def _run_worker(
     args: argparse.Namespace,
     mode: str,
@@ -320,10 +278,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="marketplace-cpu-"))
     modes = ("naive", "tuned")
     print(f"generating {args.users} users ...", file=sys.stderr)
-    urls, drop_all = _databases(args.postgres, args.users, list(modes))
+    urls, drop_all, catalog = postgres_copies(args.postgres, modes, args.users, seed=0)
     prefix = f"mp-cpu-{os.getpid()}-{uuid.uuid4().hex[:6]}:"
     try:
-        catalog = catalog_from_database(urls["template"])
         calls = [
             c
             for c in plan(catalog, requests=args.requests, seed=0)

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
@@ -44,7 +44,7 @@ from marketplace.workload import ENDPOINTS, Call, Catalog, catalog_from_database
 from ormtune.caching import active_cache
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 __all__ = ["clear_redis", "main"]
 
@@ -59,6 +59,9 @@ ORDER: tuple[tuple[Mode, int], ...] = (
 TOTAL = "all requests"
 DEFAULT_OUTPUT = Path("bench/results/marketplace-demo.md")
 VOLATILE_KEYS = frozenset({"access_token"})
+
+
+K = TypeVar("K")  # what names a copy of the template database
 
 
 @dataclass(slots=True)
@@ -105,16 +108,19 @@ def _sqlite_databases(workdir: Path, users: int, seed: int) -> tuple[Databases, 
     return Databases(urls, lambda: None), catalog
 
 
-def _postgres_databases(server_url: str, users: int, seed: int) -> tuple[Databases, Catalog]:
-    """A template database migrated and filled once, then one copy per mode
-    (``CREATE DATABASE ... TEMPLATE``); every one is dropped at the end."""
+def postgres_copies(
+    server_url: str, keys: Sequence[K], users: int, seed: int
+) -> tuple[dict[K, str], Callable[[], None], Catalog]:
+    """A template database migrated and filled once, then one copy per key (``CREATE
+    DATABASE ... TEMPLATE``): the copies' URLs (async driver), what drops every one of them,
+    and the template's catalog."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     server = make_url(server_url)
     admin_url = server.set(drivername="postgresql+psycopg", database="postgres")
     tag = f"mp_demo_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    names = {(mode, number): f"{tag}_{mode}_{number}" for mode, number in ORDER}
+    names = {key: f"{tag}_{number}" for number, key in enumerate(keys)}
     template = f"{tag}_template"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
 
@@ -139,11 +145,17 @@ def _postgres_databases(server_url: str, users: int, seed: int) -> tuple[Databas
         drop_all()
         raise
     urls = {
-        run: server.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        key: server.set(drivername="postgresql+asyncpg", database=name).render_as_string(
             hide_password=False
         )
-        for run, name in names.items()
+        for key, name in names.items()
     }
+    return urls, drop_all, catalog
+
+
+def _postgres_databases(server_url: str, users: int, seed: int) -> tuple[Databases, Catalog]:
+    """One copy per run of a template database; every one is dropped at the end."""
+    urls, drop_all, catalog = postgres_copies(server_url, ORDER, users, seed)
     return Databases(urls, drop_all), catalog
 
 

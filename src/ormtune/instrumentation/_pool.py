@@ -167,17 +167,17 @@ def instrument_pool(
     # listeners; its first checkout finds it here. (The engine's own engine_disposed event
     # would say so at once, but a connection event on an engine makes SQLAlchemy dispatch
     # connection events around every statement that engine runs.)
-    recorded = [sync_engine.pool]
+    current = [sync_engine.pool]  # the pool being recorded
     replacing = threading.Lock()
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if not recorder.active:
             return
         pool = sync_engine.pool
-        if pool is not recorded[-1]:
+        if pool is not current[0]:
             with replacing:
-                if pool is not recorded[-1]:
-                    recorded.append(pool)
+                if pool is not current[0]:
+                    current[0] = pool
                     add(pool, replaced=True)
                     listen(pool)
         recorder.moved(+1)

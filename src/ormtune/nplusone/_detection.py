@@ -56,7 +56,6 @@ __all__ = ["Detection", "Tally", "detect", "install", "uninstall"]
 
 logger = logging.getLogger("ormtune.nplusone")
 
-_serials = itertools.count(1)
 # Query runs a detection keeps tallies for: an N+1 loop touches its run again at every turn,
 # so only runs nothing has lazily loaded from in a long while are dropped (and a dropped run's
 # N+1, if it goes on, is found again at its next two loads and counted into the same finding).
@@ -133,7 +132,6 @@ class Detection:
         "_eager",
         "_groups",
         "_lock",
-        "_notes_key",
         "_order",
         "_patterns",
         "_runs",
@@ -147,12 +145,11 @@ class Detection:
     def __init__(self, settings: Settings, *, installed: bool = False) -> None:
         self.settings = settings
         self.installed = installed
-        self._notes_key = ("ormtune.nplusone", next(_serials))
         self._lock = threading.Lock()
         self._order = itertools.count()
         self._patterns: dict[tuple[object, ...], _Pattern] = {}
         self._groups: dict[tuple[str, CallSite | None], _Group] = {}
-        # Tallies by query run (most recently used last), for instances without a cohort.
+        # Tallies by query run (most recently used last).
         self._runs: dict[int, dict[object, Tally]] = {}
         self._runs_lock = threading.Lock()
         self._eager: list[tuple[EagerLoad, CallSite | None, int]] = []  # with line and order

@@ -4,11 +4,11 @@ Three things are installed when the first detection starts and removed when the 
 (reference-counted, like the engine listeners of ``ormtune.querylog``):
 
 * query runs (:func:`ormtune.querylog.track_runs`): SQLAlchemy's own per-query run id on each
-  instance says which query loaded it, kept across single-object refreshes; no event per loaded
-  instance (the cohorts of :func:`ormtune.querylog.track_cohorts`, an event per instance, are
-  used where something else tracks them: autoload, unused-eager detection, the pytest plugin);
+  instance says which query loaded it, kept across single-object refreshes, with no event per
+  loaded instance (unused-eager detection tracks cohorts on top, for the reads it notes);
 * one ``do_orm_execute`` listener on the ``Session`` class, which sees every lazy load before
-  it runs SQL (many-to-one loads answered from the identity map never get there, rightly);
+  it runs SQL (many-to-one loads answered from the identity map never get there, rightly), and
+  every single-object refresh before it replaces the object's run;
 * one querylog observer, which sees every statement, for fingerprints and repeated queries.
 
 The listener runs a lazy load's statement itself (``ORMExecuteState.invoke_statement``, the
