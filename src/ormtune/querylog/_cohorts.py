@@ -189,8 +189,8 @@ def tracking_cohorts() -> bool:
 #
 # SQLAlchemy gives every ORM query execution a run id (``QueryContext.runid``, from a process-wide
 # counter) and sets it on each instance the query creates, or replaces with ``populate_existing``
-# (``InstanceState.runid``): the rows of one query share one run, at no cost to anyone. What
-# tells a cohort without tracking it. Two things differ from cohorts: a refresh of one object
+# (``InstanceState.runid``): the rows of one query share one run, at no cost to anyone, so the
+# run tells a cohort without tracking it. Two things differ from cohorts: a refresh of one object
 # (an expired or deferred attribute loaded, ``Session.refresh()``) gives that object the
 # refresh's own run, so the run before it is kept on the state (noted before the refresh runs,
 # sealed by the ``refresh`` event, which fires only for refreshes); and the chunks of one
