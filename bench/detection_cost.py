@@ -12,12 +12,14 @@ add one mechanism at a time:
 * ``cohorts``: :func:`ormtune.querylog.track_cohorts` alone (a ``load`` event per object;
   what autoload and unused-eager detection track, and detection alone did before it kept
   SQLAlchemy's per-query run ids instead);
-* ``do_orm_execute``: a ``do_orm_execute`` listener on ``Session`` that returns at once;
-* ``+ invoke_statement``: the same listener running each lazy load itself, as detection does;
+* ``do_orm_execute``: a ``do_orm_execute`` listener on ``Session`` that returns at once (what
+  detection installed before it watched statements instead; kept for comparison);
+* ``+ invoke_statement``: the same listener running each lazy load itself, as detection did;
 * ``statement hooks``: ormtune's statement hooks with an observer that does nothing;
 * ``all hooks``: what detection installs, with no detection logic (the floor): query runs
-  (:func:`ormtune.querylog.track_runs`, a ``refresh`` listener), the ``do_orm_execute``
-  listener with ``invoke_statement`` and the statement hooks;
+  (:func:`ormtune.querylog.track_runs`, a ``refresh`` listener) and a statement watcher
+  (:func:`ormtune.querylog.watch`) that asks each statement whether it is a lazy load and
+  returns a token, so that it is called after the statement too;
 * ``installed``: ``ormtune.nplusone.install("log")`` (N+1 findings, no repeated queries);
 * ``detect() block``: installed, and each run in a ``detect("log")`` block (the benchmark's
   "detect on": repeated queries too, and the block's start and end).
@@ -43,12 +45,20 @@ import _harness
 from autoload import naive_loop, seed
 
 from ormtune.nplusone import detect, install
-from ormtune.querylog import QueryEvent, observe, track_cohorts, track_runs
+from ormtune.querylog import (
+    QueryEvent,
+    StatementInfo,
+    lazy_load_executing,
+    observe,
+    track_cohorts,
+    track_runs,
+    watch,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sqlalchemy.engine import Result
+    from sqlalchemy.engine import ExecutionContext, Result
     from sqlalchemy.orm import ORMExecuteState
 
 STAGES = {
@@ -65,6 +75,14 @@ STAGES = {
 
 class _Nothing:
     def on_query(self, event: QueryEvent, /) -> None:
+        return
+
+
+class _AskOnly:
+    def before_statement(self, context: ExecutionContext, /) -> object | None:
+        return lazy_load_executing(context) or self
+
+    def after_statement(self, token: object, statement: StatementInfo, /) -> None:
         return
 
 
@@ -86,10 +104,12 @@ def _set_up(stage: str) -> bool:
         track_runs()
     if stage == "do_orm_execute":
         event.listen(Session, "do_orm_execute", _return_at_once)
-    if stage in ("invoke", "hooks"):
+    if stage == "invoke":
         event.listen(Session, "do_orm_execute", _invoke_lazy_loads)
-    if stage in ("engine", "hooks"):
+    if stage == "engine":
         observe(_Nothing())
+    if stage == "hooks":
+        watch(_AskOnly())
     if stage in ("installed", "block"):
         install("log")
     return stage == "block"

@@ -30,7 +30,6 @@ from sqlalchemy.orm import Mapper, Session
 import ormtune
 from ormtune import nplusone
 from ormtune.batchload import _autoload
-from ormtune.nplusone import _hooks
 from ormtune.querylog import _capture, _cohorts
 
 if TYPE_CHECKING:
@@ -86,9 +85,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         event.listen(Session, "do_orm_execute", _autoload._on_orm_execute, retval=True)
         missing = True
     if _detecting():
-        if not event.contains(Session, "do_orm_execute", _hooks._on_do_orm_execute):
-            event.listen(Session, "do_orm_execute", _hooks._on_do_orm_execute)
-            missing = True
         if not event.contains(Mapper, "refresh", _cohorts._seal_refresh):
             event.listen(Mapper, "refresh", _cohorts._seal_refresh, raw=True)
             missing = True

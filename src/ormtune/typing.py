@@ -18,9 +18,19 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from ormtune.querylog import QueryEvent, Signal
+    from sqlalchemy.engine import ExecutionContext
 
-__all__ = ["CacheBackend", "Lookup", "QueryObserver", "SignalObserver", "Token", "Version"]
+    from ormtune.querylog import QueryEvent, Signal, StatementInfo
+
+__all__ = [
+    "CacheBackend",
+    "Lookup",
+    "QueryObserver",
+    "SignalObserver",
+    "StatementWatcher",
+    "Token",
+    "Version",
+]
 
 Token: TypeAlias = tuple[str, str]
 """A dependency of cache entries: ``(group, member)``.
@@ -52,6 +62,25 @@ class QueryObserver(Protocol):
     """
 
     def on_query(self, event: QueryEvent, /) -> None: ...
+
+
+@runtime_checkable
+class StatementWatcher(Protocol):
+    """Sees each statement just before the database runs it, and again right after.
+
+    Registered with ``ormtune.querylog.watch()``. ``before_statement`` gets SQLAlchemy's
+    ``ExecutionContext`` (its ``execution_options`` say what the ORM is doing: a lazy load,
+    a refresh) and returns a token, or None to let the statement pass unwatched. It may raise
+    to stop the statement before it runs: the exception reaches the application unchanged,
+    and no query event is made for the statement. ``after_statement`` gets the token back
+    with the statement's analysis once the database has answered (not when it failed); an
+    exception from it is logged and swallowed. Both run on the executing thread, in its
+    context, for every statement, so they must be quick.
+    """
+
+    def before_statement(self, context: ExecutionContext, /) -> object | None: ...
+
+    def after_statement(self, token: object, statement: StatementInfo, /) -> None: ...
 
 
 @runtime_checkable

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 import ormtune
-from ormtune.querylog import QueryEvent, StatementKind, listening
+from ormtune.querylog import QueryEvent, StatementInfo, StatementKind, listening, watch
+from ormtune.typing import StatementWatcher
 from tests.models import Post, User, sample_users
 
 if TYPE_CHECKING:
@@ -402,3 +403,82 @@ def test_statements_without_parameters_and_failures_keep_their_timing(engine: En
     assert ok.duration > 0
     assert failed.error is not None
     assert failed.duration > 0
+
+
+class _Watcher:
+    """Notes what it was shown; stops statements whose SQL contains ``stop``."""
+
+    def __init__(self, stop: str | None = None) -> None:
+        self.stop = stop
+        self.before: list[str] = []
+        self.after: list[tuple[object, str]] = []
+
+    def before_statement(self, context: Any, /) -> object | None:
+        sql = str(context.statement)
+        self.before.append(sql)
+        if self.stop is not None and self.stop in sql:
+            raise LookupError(f"stopped: {sql}")
+        return ("token", sql) if sql.startswith("SELECT") else None
+
+    def after_statement(self, token: object, statement: StatementInfo, /) -> None:
+        self.after.append((token, statement.fingerprint))
+
+
+def test_watchers_see_statements_before_and_after_and_stop_when_closed(engine: Engine) -> None:
+    watcher = _Watcher()
+    with watch(watcher) as registration:
+        assert isinstance(watcher, StatementWatcher)
+        assert listening()
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            conn.execute(insert(User).values(name="watched"))
+    assert registration.closed
+    assert not listening()
+    assert watcher.before[0] == "SELECT 1"
+    assert watcher.before[1].startswith("INSERT INTO users")
+    # after_statement only for the statements a token was returned for, with that token
+    assert watcher.after == [(("token", "SELECT 1"), "select ?")]
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 2"))
+    assert "SELECT 2" not in watcher.before
+
+
+def test_a_watcher_stops_a_statement_before_it_runs(engine: Engine) -> None:
+    _seed(engine, users=1, posts_each=0)
+    watcher = _Watcher(stop="DELETE")
+    with ormtune.capture() as log, watch(watcher), Session(engine) as session:
+        session.add(User(name="pending"))
+        session.flush()
+        with pytest.raises(LookupError, match="stopped: DELETE FROM users"):
+            session.execute(text("DELETE FROM users"))
+        # Nothing ran, nothing failed: the transaction goes on, on every database (PostgreSQL
+        # would refuse the next statement after a failed one).
+        names = session.scalars(select(User.name).order_by(User.id)).all()
+        session.commit()
+    assert names == ["user 0", "pending"]
+    assert [event.error for event in log] == [None] * len(log)  # no failed statement recorded
+    assert not any(event.sql.startswith("DELETE") for event in log)
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(User)) == 2
+
+
+def test_a_failing_after_statement_is_logged_and_never_breaks_the_query(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(_Watcher):
+        def after_statement(self, token: object, statement: Any, /) -> None:
+            raise RuntimeError("watcher bug")
+
+    with watch(Broken()), engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert any("watcher" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_watch_rejects_objects_without_both_methods() -> None:
+    class OnlyBefore:
+        def before_statement(self, context: Any, /) -> None:
+            return None
+
+    with pytest.raises(TypeError, match=r"watch\(\) takes an object with before_statement"):
+        watch(OnlyBefore())  # type: ignore[arg-type]
+    assert not listening()

@@ -436,6 +436,25 @@ def test_threads_are_isolated(db: Engine) -> None:
     assert finding.count == USERS  # this thread's loads only, not the other thread's
 
 
+def test_after_raising_the_transaction_goes_on_and_no_statement_failed(db: Engine) -> None:
+    with ormtune.capture() as log, Session(db) as session:
+        with detect("raise"), pytest.raises(NPlusOneError):
+            users = session.scalars(select(User).order_by(User.id)).all()
+            users[0].name = "renamed"
+            session.flush()  # a write in the open transaction, which the error must not undo
+            for user in users:
+                assert user.payments
+        # The lazy load was stopped before it ran: the transaction is intact (PostgreSQL
+        # refuses every statement after a failed one) and the objects keep their state.
+        assert len(users[1].payments) == PAYMENTS_EACH  # loads now, outside the block
+        renamed = users[0].id
+        assert session.scalar(select(User.name).where(User.id == renamed)) == "renamed"
+        session.commit()
+    assert all(event.error is None for event in log)
+    with Session(db) as session:
+        assert session.scalar(select(User.name).where(User.id == renamed)) == "renamed"
+
+
 async def test_async_n_plus_one_raises_at_the_awaited_attribute(async_db: AsyncEngine) -> None:
     counts = []
     with pytest.raises(NPlusOneError) as info:

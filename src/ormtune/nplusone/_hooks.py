@@ -1,24 +1,25 @@
 """The SQLAlchemy hooks N+1 detection runs on, shared by every detection in the process.
 
-Three things are installed when the first detection starts and removed when the last one stops
+Two things are installed when the first detection starts and removed when the last one stops
 (reference-counted, like the engine listeners of ``ormtune.querylog``):
 
 * query runs (:func:`ormtune.querylog.track_runs`): SQLAlchemy's own per-query run id on each
   instance says which query loaded it, kept across single-object refreshes, with no event per
   loaded instance (unused-eager detection tracks cohorts on top, for the reads it notes);
-* one ``do_orm_execute`` listener on the ``Session`` class, which sees every lazy load before
-  it runs SQL (many-to-one loads answered from the identity map never get there, rightly), and
-  every single-object refresh before it replaces the object's run;
-* one querylog observer, which sees every statement, for fingerprints and repeated queries.
+* one statement watcher (:func:`ormtune.querylog.watch`), which sees every statement just
+  before the database runs it, with SQLAlchemy's execution context: a lazy load is known there
+  by the load options the ORM passes down with it (the object it loads for, the relationship's
+  path), so it is counted before its SQL runs, and in ``"raise"`` mode stopped there (many-to-one
+  loads answered from the identity map never get there, rightly); a single-object refresh is
+  noted before it replaces the object's run. After the statement, the watcher gets its
+  fingerprint, for the finding and for repeated queries.
 
-The listener runs a lazy load's statement itself (``ORMExecuteState.invoke_statement``, the
-documented way to wrap an execution), with a context variable naming the lazy load set around
-it, so the observer knows which statements a lazy load ran. The lazy loads an eager loader
-(``immediateload``) runs are counted but left to SQLAlchemy, which runs them with options of
-their own that ``invoke_statement`` would replace with the query's. The open detections are a
-context variable too: threads and asyncio tasks never see each other's, and tasks started
-inside a block inherit it. Where no ``detect()`` block is open, the installed detection (if
-any) acts.
+No ``do_orm_execute`` listener: one would make every ORM execution build its hook state and
+run the ORM's pre-execution step twice, and wrapping the lazy load to scope its statements
+(``invoke_statement``) would run it through ``Session.execute`` a second time. The open
+detections are a context variable: threads and asyncio tasks never see each other's, and tasks
+started inside a block inherit it. Where no ``detect()`` block is open, the installed detection
+(if any) acts.
 """
 
 from __future__ import annotations
@@ -28,28 +29,24 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session
-
 from ormtune.exceptions import ConfigurationError
 from ormtune.nplusone._findings import loader_option, relationship_name
 from ormtune.querylog import (
     StatementKind,
     find_callsite,
-    lazy_load_of,
-    lazy_loads_only,
+    lazy_load_executing,
     note_refresh,
-    observe,
     track_runs,
     untrack_runs,
+    watch,
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Result
-    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty
+    from sqlalchemy.engine import ExecutionContext
+    from sqlalchemy.orm import RelationshipProperty
 
     from ormtune.nplusone._detection import Detection, Tally
-    from ormtune.querylog import CallSite, LazyLoad, Observation, QueryEvent
+    from ormtune.querylog import CallSite, LazyLoad, Registration, StatementInfo
 
 __all__ = [
     "Callsites",
@@ -99,19 +96,18 @@ class LazyMark(NamedTuple):
 
 @dataclass(slots=True, eq=False)
 class Loading:
-    """A lazy load in progress in this context; statements run meanwhile belong to it."""
+    """A lazy load about to run: what each active detection counted, and its line (found at
+    most once, and only if asked)."""
 
     marks: dict[Detection, LazyMark]
     callsites: Callsites
-    fingerprint: str | None = None
 
 
 _scoped: ContextVar[tuple[Detection, ...]] = ContextVar("ormtune_nplusone", default=())
-_loading: ContextVar[Loading | None] = ContextVar("ormtune_nplusone_loading", default=None)
 _installed: Detection | None = None
 _lock = threading.Lock()
 _users = 0
-_observation: Observation | None = None
+_watching: Registration | None = None
 
 
 def scoped() -> tuple[Detection, ...]:
@@ -125,28 +121,6 @@ def _active() -> tuple[Detection, ...]:
         return scoped
     installed = _installed
     return () if installed is None else (installed,)
-
-
-@lazy_loads_only
-def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> Result[Any] | None:
-    """Count each lazy load with the active detections, then run it (see the module doc)."""
-    detections = _active()
-    if not detections:
-        return None
-    lazy = lazy_load_of(orm_execute_state)
-    if lazy is None:
-        if orm_execute_state.is_select:
-            note_refresh(orm_execute_state)
-        return None
-    loading, error = _count(lazy, detections)
-    if error is not None:
-        # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.
-        raise error
-    if lazy.by_eager_loader:
-        # SQLAlchemy runs an eager loader's lazy loads without the query's own yield_per and
-        # autoflush=False; invoke_statement() would pass those along. Counted, not wrapped.
-        return None
-    return _run(orm_execute_state, loading)
 
 
 # relationship -> (its name, the loader option that fixes it): formatted once, not per load.
@@ -171,72 +145,76 @@ def _count(
     return Loading(marks, callsites), error
 
 
-def _run(orm_execute_state: ORMExecuteState, loading: Loading) -> Result[Any]:
-    token = _loading.set(loading)
-    try:
-        result = orm_execute_state.invoke_statement()
-    finally:
-        _loading.reset(token)
-    if loading.fingerprint is not None:
-        for detection, mark in loading.marks.items():
-            detection.on_lazy_loaded(mark.tally, loading.fingerprint)
-    return result
+_PLAIN = object()  # the token of a statement that is no lazy load, in a detect() block
 
 
-class _Observer:
-    """Receives every statement while any detection is active; ignores those outside one."""
+class _Watcher:
+    """Sees every statement while any detection is active (see the module doc)."""
 
     __slots__ = ()
 
-    def on_query(self, event: QueryEvent, /) -> None:
-        loading = _loading.get()
-        scoped = _scoped.get()
-        if (loading is None and not scoped) or event.kind is not StatementKind.SELECT:
+    def before_statement(self, context: ExecutionContext, /) -> object | None:
+        detections = _active()
+        if not detections:
+            return None
+        lazy = lazy_load_executing(context)
+        if lazy is None:
+            note_refresh(context)
+            return _PLAIN if _scoped.get() else None
+        loading, error = _count(lazy, detections)
+        if error is not None:
+            # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.
+            raise error
+        return loading
+
+    def after_statement(self, token: object, statement: StatementInfo, /) -> None:
+        if statement.kind is not StatementKind.SELECT:
             return
-        if loading is not None and loading.fingerprint is None:
-            loading.fingerprint = event.fingerprint
-        callsites = loading.callsites if loading is not None else Callsites()
-        for detection in scoped:
-            mark = loading.marks.get(detection) if loading is not None else None
-            detection.on_select(event.fingerprint, callsites, mark)
+        fingerprint = statement.fingerprint
+        if token is _PLAIN:
+            callsites = Callsites()
+            for detection in _scoped.get():
+                detection.on_select(fingerprint, callsites, None)
+            return
+        assert isinstance(token, Loading)
+        for detection, mark in token.marks.items():
+            detection.on_lazy_loaded(mark.tally, fingerprint)
+        for detection in _scoped.get():
+            detection.on_select(fingerprint, token.callsites, token.marks.get(detection))
 
 
-_OBSERVER = _Observer()
+_WATCHER = _Watcher()
 
 
 def acquire() -> None:
     """Install the hooks if this is the first active detection."""
-    global _users, _observation
+    global _users, _watching
     with _lock:
         _users += 1
         if _users > 1:
             return
         track_runs()
-        if not event.contains(Session, "do_orm_execute", _on_do_orm_execute):
-            event.listen(Session, "do_orm_execute", _on_do_orm_execute)
-        _observation = observe(_OBSERVER)
+        _watching = watch(_WATCHER)
 
 
 def release() -> None:
     """Remove the hooks if this was the last active detection."""
-    global _users, _observation
+    global _users, _watching
     with _lock:
         if _users == 0:
             return
         _users -= 1
         if _users > 0:
             return
-        if event.contains(Session, "do_orm_execute", _on_do_orm_execute):
-            event.remove(Session, "do_orm_execute", _on_do_orm_execute)
-        if _observation is not None:
-            _observation.close()
-            _observation = None
+        if _watching is not None:
+            _watching.close()
+            _watching = None
         untrack_runs()
 
 
 def hooked() -> bool:
     """Whether the detection hooks are installed right now."""
-    return event.contains(Session, "do_orm_execute", _on_do_orm_execute)
+    return _watching is not None
 
 
 def push(detection: Detection) -> Token[tuple[Detection, ...]]:

@@ -10,11 +10,12 @@ count, without either importing the other; see ``_signals.py``.
 """
 
 from ormtune.querylog._callsite import CallSite, find_callsite
-from ormtune.querylog._capture import Capture, Observation, capture, listening, observe
+from ormtune.querylog._capture import Capture, Observation, capture, listening, observe, watch
 from ormtune.querylog._cohorts import (
     Cohort,
     LazyLoad,
     cohort_of,
+    lazy_load_executing,
     lazy_load_of,
     note_refresh,
     query_run_of,
@@ -69,6 +70,7 @@ __all__ = [
     "emit",
     "find_callsite",
     "fingerprint",
+    "lazy_load_executing",
     "lazy_load_of",
     "lazy_loads_only",
     "listening",
@@ -87,4 +89,5 @@ __all__ = [
     "tracking_runs",
     "untrack_cohorts",
     "untrack_runs",
+    "watch",
 ]

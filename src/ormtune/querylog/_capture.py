@@ -1,10 +1,12 @@
-"""Statement hooks, and the two ways to receive their events: captures and observers.
+"""Statement hooks, and the ways to receive their events: captures, observers and watchers.
 
 One set of listeners, on every engine's dialect, serves everything: ``capture()`` blocks, which are
 scoped to a context (held in a ``ContextVar``, so threads and asyncio tasks never see each
 other's statements), and observers registered with ``observe()``, which see every statement in
-the process. The listeners are installed when the first capture or observer starts and removed
-when the last one ends, so an application that uses neither pays nothing.
+the process. Watchers registered with ``watch()`` see every statement just before it runs (and
+may stop it), with its SQLAlchemy execution context. The listeners are installed when the first
+capture, observer or watcher starts and removed when the last one ends, so an application that
+uses none pays nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ormtune.querylog._callsite import find_callsite
 from ormtune.querylog._event import QueryEvent, redact
 from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryLog
-from ormtune.querylog._sqltext import _analyze
+from ormtune.querylog._sqltext import StatementInfo, _analyze
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,13 +36,14 @@ if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPICursor
 
     from ormtune.querylog._callsite import CallSite
-    from ormtune.typing import QueryObserver
+    from ormtune.typing import QueryObserver, StatementWatcher
 
-__all__ = ["Capture", "Observation", "capture", "observe"]
+__all__ = ["Capture", "Observation", "capture", "observe", "watch"]
 
 logger = logging.getLogger("ormtune.querylog")
 
 _STARTED = "_ormtune_started"  # set on the ExecutionContext when its execution raises
+_STOPPED = "_ormtune_stopped"  # set on the ExecutionContext when a watcher stopped it
 _perf_counter = time.perf_counter  # a global read, not a module attribute lookup, per statement
 
 
@@ -77,6 +80,7 @@ class _Sink:
 
 _scoped: ContextVar[tuple[_Sink, ...]] = ContextVar("ormtune_captures", default=())
 _global: tuple[_Sink, ...] = ()  # copy-on-write, read without the lock on the hot path
+_watchers: tuple[StatementWatcher, ...] = ()  # the same
 _lock = threading.Lock()
 
 
@@ -116,6 +120,31 @@ def _later_listener_executed(listeners: Any, own: object, arguments: tuple[Any, 
     return False
 
 
+def _watch_before(
+    watchers: tuple[StatementWatcher, ...], context: ExecutionContext
+) -> list[tuple[StatementWatcher, object]] | None:
+    watched: list[tuple[StatementWatcher, object]] | None = None
+    try:
+        for watcher in watchers:
+            token = watcher.before_statement(context)
+            if token is not None:
+                if watched is None:
+                    watched = []
+                watched.append((watcher, token))
+    except BaseException:
+        setattr(context, _STOPPED, True)  # for handle_error: not a failed statement
+        raise
+    return watched
+
+
+def _watch_after(watched: list[tuple[StatementWatcher, object]], info: StatementInfo) -> None:
+    for watcher, token in watched:
+        try:
+            watcher.after_statement(token, info)
+        except Exception:
+            logger.exception("ormtune statement watcher %r failed", watcher)
+
+
 def _run_and_emit(
     sinks: tuple[_Sink, ...],
     context: ExecutionContext,
@@ -127,7 +156,9 @@ def _run_and_emit(
     executemany: bool,
 ) -> bool:
     """Run one statement as the dialect would (after any later listener) between two clock
-    reads, and send its event."""
+    reads, and send its event; watchers see it before and after."""
+    watchers = _watchers
+    watched = _watch_before(watchers, context) if watchers else None
     started = _perf_counter()
     try:
         if len(listeners) == 1 or not _later_listener_executed(listeners, own, arguments):
@@ -136,17 +167,23 @@ def _run_and_emit(
         context._ormtune_started = started  # type: ignore[attr-defined]  # for handle_error
         raise
     duration = _perf_counter() - started
-    rowcount = arguments[0].rowcount
-    _emit(
-        sinks,
-        context.engine,
-        arguments[1],
-        parameters,
-        executemany,
-        duration,
-        rowcount if rowcount is not None and rowcount >= 0 else None,
-        None,
-    )
+    engine = context.engine
+    info = _analyze(arguments[1], engine.dialect.name in _BACKSLASH_DIALECTS)
+    if sinks:
+        rowcount = arguments[0].rowcount
+        _emit(
+            sinks,
+            engine,
+            arguments[1],
+            info,
+            parameters,
+            executemany,
+            duration,
+            rowcount if rowcount is not None and rowcount >= 0 else None,
+            None,
+        )
+    if watched is not None:
+        _watch_after(watched, info)
     return True
 
 
@@ -156,7 +193,7 @@ def _do_execute(
     sinks = _scoped.get()
     if _global:
         sinks = sinks + _global if sinks else _global
-    elif not sinks:
+    elif not sinks and not _watchers:
         return False  # SQLAlchemy runs the statement (and any later listener) as usual
     if _events_off(context):
         return False
@@ -175,7 +212,7 @@ def _do_execute(
 
 def _do_execute_no_params(cursor: DBAPICursor, statement: str, context: ExecutionContext) -> bool:
     sinks = _sinks()
-    if not sinks or _events_off(context):
+    if (not sinks and not _watchers) or _events_off(context):
         return False
     dialect = context.dialect
     return _run_and_emit(
@@ -195,7 +232,7 @@ def _do_executemany(
     cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
 ) -> bool:
     sinks = _sinks()
-    if not sinks or _events_off(context):
+    if (not sinks and not _watchers) or _events_off(context):
         return False
     dialect = context.dialect
     return _run_and_emit(
@@ -222,12 +259,16 @@ def _handle_error(exception_context: ExceptionContext) -> None:
     ):
         return
     context = exception_context.execution_context
+    if context is not None and getattr(context, _STOPPED, False):
+        return  # a watcher stopped it before it ran: no statement failed
     started = getattr(context, _STARTED, None) if context is not None else None
     duration = time.perf_counter() - started if started is not None else 0.0
+    engine = connection.engine
     _emit(
         sinks,
-        connection.engine,
+        engine,
         statement,
+        _analyze(statement, engine.dialect.name in _BACKSLASH_DIALECTS),
         exception_context.parameters,
         bool(context is not None and context.executemany),
         duration,
@@ -243,15 +284,15 @@ def _emit(
     sinks: tuple[_Sink, ...],
     engine: Engine,
     statement: str,
+    info: StatementInfo,
     parameters: Any,
     executemany: bool,
     duration: float,
     rowcount: int | None,
     error: BaseException | None,
 ) -> None:
-    # Runs for every statement: the memo is called directly (not through analyze()), the usual
-    # one-engine filter and the deliveries are inlined.
-    info = _analyze(statement, engine.dialect.name in _BACKSLASH_DIALECTS)
+    # Runs for every statement: the usual one-engine filter and the deliveries are inlined
+    # (the caller analyzes the statement with the memo, not through analyze()).
     shared: QueryEvent | None = None  # the event every sink without special wishes shares
     callsites: dict[tuple[str, ...], CallSite | None] | None = None
     for sink in sinks:
@@ -477,3 +518,38 @@ def observe(
     with _lock:
         _global = (*_global, sink)
     return Observation(sink)
+
+
+class _Watching(Registration):
+    """A registered statement watcher; ``close()`` unregisters it."""
+
+    __slots__ = ()
+
+    def __init__(self, watcher: StatementWatcher) -> None:
+        def unregister() -> None:
+            global _watchers
+            with _lock:
+                _watchers = tuple(other for other in _watchers if other is not watcher)
+            _hooks.release()
+
+        super().__init__(unregister)
+
+
+def watch(watcher: StatementWatcher) -> Registration:
+    """Show every statement executed anywhere in the process to ``watcher`` before and after
+    it runs (see :class:`~ormtune.typing.StatementWatcher`); ``close()`` on the returned
+    registration stops it. N+1 detection watches lazy loads this way: it sees one before its
+    SQL runs, and can stop it there."""
+    global _watchers
+    if not callable(getattr(watcher, "before_statement", None)) or not callable(
+        getattr(watcher, "after_statement", None)
+    ):
+        raise TypeError(
+            f"watch() takes an object with before_statement(context) and "
+            f"after_statement(token, statement) methods (a StatementWatcher), but was given "
+            f"{watcher!r} (of type {type(watcher).__qualname__})"
+        )
+    _hooks.acquire()
+    with _lock:
+        _watchers = (*_watchers, watcher)
+    return _Watching(watcher)

@@ -32,6 +32,7 @@ from ormtune.querylog._lifecycle import SharedHooks
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
+    from sqlalchemy.engine import ExecutionContext
     from sqlalchemy.orm import ORMExecuteState
     from sqlalchemy.orm.state import InstanceState
 
@@ -39,6 +40,7 @@ __all__ = [
     "Cohort",
     "LazyLoad",
     "cohort_of",
+    "lazy_load_executing",
     "lazy_load_of",
     "note_refresh",
     "query_run_of",
@@ -211,12 +213,16 @@ def query_run_of(state: InstanceState[Any]) -> int | None:
     return runid
 
 
-def note_refresh(orm_execute_state: ORMExecuteState) -> None:
-    """Called from a ``do_orm_execute`` hook: before a single object is refreshed, remember
-    the run it belongs to (its refresh will give it a run of its own)."""
-    state: InstanceState[Any] | None = getattr(
-        orm_execute_state.load_options, "_refresh_state", None
-    )
+# The execution option in which the ORM passes a query's load options (what it loads for, what
+# it refreshes) down to the Connection: it reaches the ExecutionContext of the statement.
+_LOAD_OPTIONS = "_sa_orm_load_options"
+
+
+def note_refresh(context: ExecutionContext) -> None:
+    """Called by a statement watcher before a statement runs: if it refreshes a single object,
+    remember the run the object belongs to (its refresh will give it a run of its own)."""
+    load_options = context.execution_options.get(_LOAD_OPTIONS)
+    state: InstanceState[Any] | None = getattr(load_options, "_refresh_state", None)
     if state is not None:
         run = query_run_of(state)
         if run is not None:
@@ -248,8 +254,8 @@ _run_hooks = SharedHooks(_install_runs, _remove_runs)
 
 def track_runs() -> None:
     """Start keeping query runs across single-object refreshes (reference-counted; pair each
-    call with :func:`untrack_runs`). Callers also call :func:`note_refresh` from their
-    ``do_orm_execute`` hook."""
+    call with :func:`untrack_runs`). Callers also call :func:`note_refresh` from a statement
+    watcher (``ormtune.querylog.watch``)."""
     _run_hooks.acquire()
 
 
@@ -312,3 +318,21 @@ def lazy_load_of(orm_execute_state: ORMExecuteState) -> LazyLoad | None:
         return None
     by_eager_loader = _EAGER_LOADER_OPTION in orm_execute_state.execution_options
     return LazyLoad(state, prop, cohort_of(state), by_eager_loader)
+
+
+def lazy_load_executing(context: ExecutionContext) -> LazyLoad | None:
+    """The lazy load a statement about to execute runs, or None for any other statement: what
+    :func:`lazy_load_of` tells a ``do_orm_execute`` hook, told to a statement watcher from the
+    load options and the loader path the ORM compiled the statement with."""
+    options = context.execution_options
+    state: InstanceState[Any] | None = getattr(
+        options.get(_LOAD_OPTIONS), "_lazy_loaded_from", None
+    )
+    if state is None:
+        return None
+    compile_state = getattr(context.compiled, "compile_state", None)
+    path = getattr(getattr(compile_state, "compile_options", None), "_current_path", None)
+    prop = getattr(path, "prop", None)
+    if not isinstance(prop, RelationshipProperty):
+        return None
+    return LazyLoad(state, prop, cohort_of(state), _EAGER_LOADER_OPTION in options)
