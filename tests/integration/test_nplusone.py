@@ -203,6 +203,14 @@ def test_log_mode_logs_each_finding_when_the_block_ends(
     [finding] = detection.findings
     assert finding.count == USERS
     assert [record.getMessage() for record in caplog.records] == [str(finding)]
+    # attributed to the loop's line, as a warning would be, not to ormtune's own code
+    [record] = caplog.records
+    assert finding.callsite is not None
+    assert (record.pathname, record.lineno, record.funcName) == (
+        finding.callsite.filename,
+        finding.callsite.lineno,
+        finding.callsite.function,
+    )
     assert caplog.records[0].levelno == logging.WARNING
 
 

@@ -109,6 +109,29 @@ class _Group:
     lazy: list[LazyMark] = field(default_factory=list)
 
 
+def _log(finding: Finding) -> None:
+    """Log ``finding`` at WARNING, attributed to the loop's line (as a warning is), without
+    ``logging``'s walk up the stack for a caller that would only be ormtune."""
+    if not logger.isEnabledFor(logging.WARNING):
+        return
+    callsite = finding.callsite
+    if callsite is None:
+        logger.warning("%s", finding)
+        return
+    logger.handle(
+        logger.makeRecord(
+            logger.name,
+            logging.WARNING,
+            callsite.filename,
+            callsite.lineno,
+            "%s",
+            (finding,),
+            None,
+            callsite.function,
+        )
+    )
+
+
 def _warn(finding: Finding) -> None:
     if finding.callsite is None:
         warnings.warn(str(finding), NPlusOneWarning, stacklevel=4)
@@ -285,7 +308,7 @@ class Detection:
             return
         if self.mode == "log":
             for finding in findings:
-                logger.warning("%s", finding)
+                _log(finding)
         elif self.mode == "warn":
             for finding in findings:
                 _warn(finding)
@@ -298,69 +321,70 @@ class Detection:
         self, lazy: LazyLoad, callsites: Callsites
     ) -> tuple[Tally | None, NPlusOneError | None]:
         """Count a lazy load that is about to run; the error to raise, in ``"raise"`` mode,
-        when it is the second member of its cohort to load the relationship."""
-        run = query_run_of(lazy.state)
+        when it is the second member of its cohort to load the relationship. (Runs for every
+        lazy load: the run's tallies are looked up inline.)"""
+        state = lazy.state
+        run = query_run_of(state)
         if run is None or run < runs_since():
             return None, None  # loaded by no query, or before anything watched
-        tally, error, signal = self._count_lazy_load(lazy, run, callsites)
-        if signal is not None:
-            emit(signal)  # outside the locks: a subscriber may take its own
-        return tally, error
-
-    def _run_tallies(self, run: int) -> dict[object, Tally]:
-        """This detection's tallies on the query run ``run`` (called with the runs' lock held);
-        the least recently used run goes when more than ``_MAX_RUNS`` are kept."""
-        runs = self._runs
-        tallies = runs.pop(run, None)
-        if tallies is None:
-            tallies = {}
-            if len(runs) >= _MAX_RUNS:
-                del runs[next(iter(runs))]
-        runs[run] = tallies
-        return tallies
-
-    def _count_lazy_load(
-        self, lazy: LazyLoad, run: int, callsites: Callsites
-    ) -> tuple[Tally | None, NPlusOneError | None, NPlusOneSignal | None]:
-        signal: NPlusOneSignal | None = None
+        prop = lazy.relationship
         with self._runs_lock:
-            tallies = self._run_tallies(run)
-            tally = tallies.get(lazy.relationship)
+            # This detection's tallies on the run, the run made the most recently used (the
+            # least recently used one goes when more than _MAX_RUNS are kept).
+            runs = self._runs
+            tallies = runs.pop(run, None)
+            if tallies is None:
+                tallies = {}
+                if len(runs) >= _MAX_RUNS:
+                    del runs[next(iter(runs))]
+            runs[run] = tallies
+            tally = tallies.get(prop)
             if tally is None:
-                tally = tallies[lazy.relationship] = Tally()
+                tally = tallies[prop] = Tally()
             tally.loads += 1
             members = tally.members
-            members.add(id(lazy.state))
+            members.add(id(state))
             pattern = tally.pattern
             if pattern is not None:  # an N+1 already found: one more load of it
                 with self._lock:
                     pattern.count += 1
-                return tally, None, None
+                return tally, None
             if len(members) < 2:
-                return tally, None, None
-            with self._lock:
-                # The second member of the cohort: an N+1, from this line.
-                pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
-                tally.pattern = pattern
-                pattern.count += tally.loads
-                if pattern.fingerprint is None:
-                    pattern.fingerprint = tally.fingerprint
-                if pattern.allowed:
-                    return tally, None, None
-                if signals_wanted():
-                    # One signal per loop (a cohort turning into an N+1), for metrics.
-                    signal = NPlusOneSignal("n+1", pattern.relationship, tally.loads)
-                if self.mode == "raise":
-                    pattern.reported = True
-                    finding = pattern.finding()
-                    return tally, NPlusOneError(str(finding), findings=[finding]), signal
-                if not (self.installed and new):
-                    return tally, None, signal
-                # An installed detection has no end to report at: report the pattern now, once.
+                return tally, None
+            error, signal, finding = self._found(lazy, tally, callsites)
+        if finding is not None:
+            self._emit([finding], may_raise=False)
+        if signal is not None:
+            emit(signal)  # outside the locks: a subscriber may take its own
+        return tally, error
+
+    def _found(
+        self, lazy: LazyLoad, tally: Tally, callsites: Callsites
+    ) -> tuple[NPlusOneError | None, NPlusOneSignal | None, Finding | None]:
+        """The second member of a cohort lazily loaded the relationship: an N+1, from this
+        line. The error to raise, the signal to emit and the finding to report now. Called
+        with the runs' lock held."""
+        signal: NPlusOneSignal | None = None
+        with self._lock:
+            pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
+            tally.pattern = pattern
+            pattern.count += tally.loads
+            if pattern.fingerprint is None:
+                pattern.fingerprint = tally.fingerprint
+            if pattern.allowed:
+                return None, None, None
+            if signals_wanted():
+                # One signal per loop (a cohort turning into an N+1), for metrics.
+                signal = NPlusOneSignal("n+1", pattern.relationship, tally.loads)
+            if self.mode == "raise":
                 pattern.reported = True
                 finding = pattern.finding()
-        self._emit([finding], may_raise=False)
-        return tally, None, signal
+                return NPlusOneError(str(finding), findings=[finding]), signal, None
+            if not (self.installed and new):
+                return None, signal, None
+            # An installed detection has no end to report at: report the pattern now, once.
+            pattern.reported = True
+            return None, signal, pattern.finding()
 
     def _n_plus_one(self, lazy: LazyLoad, callsite: CallSite | None) -> tuple[_Pattern, bool]:
         """The N+1 pattern of ``lazy``'s relationship at ``callsite``, and whether it is new.
