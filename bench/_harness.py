@@ -14,6 +14,7 @@ import platform
 import re
 import secrets
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,10 +165,16 @@ def print_report(
 
 
 def callgrind_instructions(argv: Sequence[str]) -> int:
-    """The instructions ``valgrind --tool=callgrind`` counts for one run of ``argv`` (with
-    ``PYTHONHASHSEED=0``, so that every run lays out its dictionaries alike)."""
+    """The instructions ``valgrind --tool=callgrind`` counts for one run of ``argv``, with
+    ``PYTHONHASHSEED=0`` and, where ``setarch`` is installed, address randomisation off: object
+    ids (and so the layout of every dictionary keyed by them) then repeat from run to run, and
+    so does the count of one configuration. Different configurations (other code imported,
+    other objects made) still lay memory out differently, which moves counts by a few percent
+    between them."""
+    setarch = shutil.which("setarch")
+    no_aslr = [setarch, platform.machine(), "-R"] if setarch else []
     done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        [*no_aslr, "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
         capture_output=True,
         text=True,
         check=True,
