@@ -115,14 +115,6 @@ def scoped() -> tuple[Detection, ...]:
     return _scoped.get()
 
 
-def _active() -> tuple[Detection, ...]:
-    scoped = _scoped.get()
-    if scoped:
-        return scoped
-    installed = _installed
-    return () if installed is None else (installed,)
-
-
 # relationship -> (its name, the loader option that fixes it): formatted once, not per load.
 _names: dict[RelationshipProperty[Any], tuple[str, str]] = {}
 
@@ -154,13 +146,17 @@ class _Watcher:
     __slots__ = ()
 
     def before_statement(self, context: ExecutionContext, /) -> object | None:
-        detections = _active()
-        if not detections:
+        scoped = _scoped.get()
+        if scoped:
+            detections = scoped
+        elif _installed is not None:
+            detections = (_installed,)
+        else:
             return None
         lazy = lazy_load_executing(context)
         if lazy is None:
             note_refresh(context)
-            return _PLAIN if _scoped.get() else None
+            return _PLAIN if scoped else None
         loading, error = _count(lazy, detections)
         if error is not None:
             # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.

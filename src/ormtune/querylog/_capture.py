@@ -520,21 +520,6 @@ def observe(
     return Observation(sink)
 
 
-class _Watching(Registration):
-    """A registered statement watcher; ``close()`` unregisters it."""
-
-    __slots__ = ()
-
-    def __init__(self, watcher: StatementWatcher) -> None:
-        def unregister() -> None:
-            global _watchers
-            with _lock:
-                _watchers = tuple(other for other in _watchers if other is not watcher)
-            _hooks.release()
-
-        super().__init__(unregister)
-
-
 def watch(watcher: StatementWatcher) -> Registration:
     """Show every statement executed anywhere in the process to ``watcher`` before and after
     it runs (see :class:`~ormtune.typing.StatementWatcher`); ``close()`` on the returned
@@ -552,4 +537,11 @@ def watch(watcher: StatementWatcher) -> Registration:
     _hooks.acquire()
     with _lock:
         _watchers = (*_watchers, watcher)
-    return _Watching(watcher)
+
+    def unregister() -> None:
+        global _watchers
+        with _lock:
+            _watchers = tuple(other for other in _watchers if other is not watcher)
+        _hooks.release()
+
+    return Registration(unregister)

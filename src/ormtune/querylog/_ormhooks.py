@@ -2,7 +2,7 @@
 
 The query cache serves a statement only when no ``do_orm_execute`` hook runs after its own
 (such a hook may change the statement, and a hit would skip it). Hooks that look at lazy
-loads and return ``None`` for everything else (N+1 detection, autoload) cannot change a
+loads and return ``None`` for everything else (autoload's) cannot change a
 statement the cache serves, since the cache never serves a relationship load; they register
 here, so the cache runs whichever order they were installed in.
 """
