@@ -6,11 +6,12 @@ runs at N = 10, 100 and 1,000 users on PostgreSQL, in a fresh session each time,
 loading strategy; rounds are interleaved and the report gives queries per run and the median
 time, with autoload's ratios against hand-written selectinload and plain lazy loading. Then the
 same loop runs with ``ormtune.nplusone.detect("log")`` on and off (findings go to a
-``NullHandler``: records are made, nothing is printed), plain and with selectinload.
+``NullHandler``: records are made, nothing is printed), plain and with selectinload; identical
+processes differ from one another by a few percent, and that table reports the spread.
 
-Each variant runs in a process of its own, set up once (ormtune installed at start-up, as an
-application does), and the timed runs are interleaved across those processes in a rotating
-order, one at a time.
+Each variant runs in processes of its own (``--replicas``, 3 by default, whose runs are pooled),
+set up once (ormtune installed at start-up, as an application does), and the timed runs are
+interleaved across all those processes in a rotating order, one at a time.
 
 Run from the repository root::
 
@@ -145,21 +146,39 @@ def detected(factory: Callable[[], Callable[[], int]]) -> Callable[[], Callable[
     return detected_factory
 
 
-def detection_overhead(url: URL, users: int, rounds: int) -> tuple[list[list[object]], str]:
+def detection_overhead(
+    url: URL, users: int, rounds: int, replicas: int
+) -> tuple[list[list[object]], str]:
+    """Detection on against off, each in ``replicas`` processes of its own: identical processes
+    differ by a few percent from one another (memory layout, scheduling), as much as the 10%
+    target at N = 10 with one process each, so each variant's median is over all its processes'
+    runs, and the spread of the "off" processes' own medians is reported as the resolution."""
     factories: dict[str, Callable[[], Callable[[], int]]] = {}
     for strategy in STRATEGIES[:2]:  # plain lazy (N+1s found) and selectinload (none)
         factory = runner(url, users, strategy)
-        factories[strategy.name] = factory
-        factories[f"{strategy.name} + detect"] = detected(factory)
+        for replica in range(replicas):
+            factories[f"{strategy.name} #{replica}"] = factory
+            factories[f"{strategy.name} + detect #{replica}"] = detected(factory)
     times = _harness.interleaved_processes(factories, rounds)
-    medians = {name: _harness.median(t) for name, t in times.items()}
     rows: list[list[object]] = []
     ratios = []
     for strategy in STRATEGIES[:2]:
-        off, on = medians[strategy.name], medians[f"{strategy.name} + detect"]
+        off_runs = [times[f"{strategy.name} #{r}"] for r in range(replicas)]
+        on_runs = [times[f"{strategy.name} + detect #{r}"] for r in range(replicas)]
+        off = _harness.median([run for runs in off_runs for run in runs])
+        on = _harness.median([run for runs in on_runs for run in runs])
+        process_medians = [_harness.median(runs) for runs in off_runs]
+        spread = max(process_medians) / min(process_medians)
         ratios.append(on / off)
         rows.append(
-            [users, strategy.name, f"{off * 1000:.2f}", f"{on * 1000:.2f}", f"{on / off:.3f}"]
+            [
+                users,
+                strategy.name,
+                f"{off * 1000:.2f}",
+                f"{on * 1000:.2f}",
+                f"{on / off:.3f}",
+                f"{spread:.3f}",
+            ]
         )
     worst = max(ratios)
     verdict = (
@@ -188,6 +207,12 @@ def main() -> None:
     parser.add_argument("--postgres", default=_harness.DEFAULT_POSTGRES)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=3,
+        help="processes per strategy and per detection variant (their runs are pooled)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
@@ -206,9 +231,18 @@ def main() -> None:
                 results = {result for _, result in counts.values()}
                 assert len(results) == 1, f"strategies disagree on the result: {counts}"
                 engine.dispose()  # no pooled connection crosses into the worker processes
-                runs = {s.name: runner(url, users, s) for s in STRATEGIES}
+                runs = {
+                    f"{s.name} #{replica}": runner(url, users, s)
+                    for s in STRATEGIES
+                    for replica in range(args.replicas)
+                }
                 times = _harness.interleaved_processes(runs, rounds)
-                medians = {name: _harness.median(t) for name, t in times.items()}
+                medians = {
+                    s.name: _harness.median(
+                        [t for r in range(args.replicas) for t in times[f"{s.name} #{r}"]]
+                    )
+                    for s in STRATEGIES
+                }
                 rows += [
                     [
                         users,
@@ -218,7 +252,7 @@ def main() -> None:
                         f"{medians[name] / medians['selectinload']:.2f}x",
                         f"{medians[name] / medians['plain lazy']:.2f}x",
                     ]
-                    for name in runs
+                    for name in medians
                 ]
                 auto, selectin = counts["autoload"][0], counts["selectinload"][0]
                 ratio = medians["autoload"] / medians["selectinload"]
@@ -236,10 +270,17 @@ def main() -> None:
                         else ""
                     )
                 )
-            detection_headers = ["N users", "loop", "detect off ms", "detect on ms", "on/off"]
+            detection_headers = [
+                "N users",
+                "loop",
+                "detect off ms",
+                "detect on ms",
+                "on/off",
+                "spread of off processes",
+            ]
             detection_rows: list[list[object]] = []
             for users in sizes:
-                more_rows, verdict = detection_overhead(url, users, rounds)
+                more_rows, verdict = detection_overhead(url, users, rounds, args.replicas)
                 detection_rows += more_rows
                 verdicts.append(verdict)
         finally:
@@ -250,7 +291,9 @@ def main() -> None:
     print(_harness.text_table(detection_headers, detection_rows))
     print()
     print("\n".join(verdicts))
-    environment = _harness.environment({"rounds": str(rounds)})
+    environment = _harness.environment(
+        {"rounds": str(rounds), "processes per variant": str(args.replicas)}
+    )
     print(f"\n{environment}\ncommand: {_harness.command_line()}")
     if args.markdown:
         args.markdown.write_text(

@@ -50,29 +50,34 @@ _MAX_PARAMETERS = 30_000
 _SELECTINLOAD_HAS_CHUNKSIZE = "chunksize" in pyinspect.signature(selectinload).parameters
 
 
-def _eligible(
-    member: InstanceState[Any], trigger: InstanceState[Any], prop: RelationshipProperty[Any]
-) -> bool:
-    """May ``member``'s ``prop`` be loaded by the batch that ``trigger``'s lazy load starts?"""
-    return (
-        member.key is not None  # persistent: never batch a pending object
-        and not member.deleted
-        and member.session_id == trigger.session_id
-        and member.identity_token == trigger.identity_token
-        and member.load_options == trigger.load_options
-        and prop.key not in member.dict  # loaded, or set by the application: leave it
-        and prop.key not in member.callables  # an explicit per-object loader
-        and member.mapper.isa(prop.parent)
-    )
-
-
 def _members(lazy: LazyLoad) -> list[InstanceState[Any]]:
-    """The cohort members whose relationship the batch loads, the trigger first."""
+    """The cohort members whose relationship the batch loads, the trigger first: those that may
+    be loaded by the batch that the trigger's lazy load starts."""
     trigger, prop, cohort = lazy.state, lazy.relationship, lazy.cohort
     if cohort is None:
         return []
+    # What every member is checked against, read once (this runs for every member of a batch).
+    key = prop.key
+    session_id = trigger.session_id
+    identity_token = trigger.identity_token
+    load_options = trigger.load_options
+    manager = trigger.manager
+    parent = prop.parent
     members = [trigger]
-    members += (m for m in cohort.states() if m is not trigger and _eligible(m, trigger, prop))
+    members += [
+        member
+        for member in cohort.states()
+        if member is not trigger
+        and member.key is not None  # persistent: never batch a pending object
+        and member.session_id == session_id
+        # InstanceState.deleted, for a member of the trigger's (attached) session
+        and not member._deleted
+        and member.identity_token == identity_token
+        and member.load_options == load_options
+        and key not in member.dict  # loaded, or set by the application: leave it
+        and key not in member.callables  # an explicit per-object loader
+        and (member.manager is manager or member.mapper.isa(parent))
+    ]
     return members
 
 

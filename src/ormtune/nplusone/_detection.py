@@ -22,7 +22,7 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from ormtune.exceptions import NPlusOneError, NPlusOneWarning
 from ormtune.nplusone import _eager, _hooks
@@ -48,9 +48,11 @@ if TYPE_CHECKING:
     from contextvars import Token
     from types import TracebackType
 
+    from sqlalchemy.orm import InstanceState, RelationshipProperty
+
     from ormtune.nplusone._eager import EagerLoad
     from ormtune.nplusone._hooks import Callsites, LazyMark
-    from ormtune.querylog import CallSite, LazyLoad
+    from ormtune.querylog import CallSite
 
 __all__ = ["Detection", "Tally", "detect", "install", "uninstall"]
 
@@ -158,9 +160,9 @@ class Detection:
         "_order",
         "_patterns",
         "_runs",
-        "_runs_lock",
         "_state",
         "_token",
+        "counts_selects",
         "installed",
         "settings",
     )
@@ -174,7 +176,8 @@ class Detection:
         self._groups: dict[tuple[str, CallSite | None], _Group] = {}
         # Tallies by query run (most recently used last).
         self._runs: dict[int, dict[object, Tally]] = {}
-        self._runs_lock = threading.Lock()
+        # Whether SELECTs are counted for repeated-query findings (only a detect() block can).
+        self.counts_selects = not installed and settings.repeated_threshold is not None
         self._eager: list[tuple[EagerLoad, CallSite | None, int]] = []  # with line and order
         self._state: Literal["new", "open", "closed"] = "new"
         self._token: Token[tuple[Detection, ...]] | None = None
@@ -236,7 +239,7 @@ class Detection:
         self._conclude(may_raise=may_raise)
 
     def _forget_tallies(self) -> None:
-        with self._runs_lock:
+        with self._lock:
             self._runs.clear()
 
     def __enter__(self) -> Self:
@@ -318,22 +321,25 @@ class Detection:
     # -- called by the hooks ----------------------------------------------------------------
 
     def on_lazy_load(
-        self, lazy: LazyLoad, callsites: Callsites
+        self, state: InstanceState[Any], prop: RelationshipProperty[Any], callsites: Callsites
     ) -> tuple[Tally | None, NPlusOneError | None]:
-        """Count a lazy load that is about to run; the error to raise, in ``"raise"`` mode,
-        when it is the second member of its cohort to load the relationship. (Runs for every
-        lazy load: the run's tallies are looked up inline.)"""
-        state = lazy.state
+        """Count a lazy load of ``prop`` for ``state`` that is about to run; the error to raise,
+        in ``"raise"`` mode, when it is the second member of its cohort to load the
+        relationship. (Runs for every lazy load: one lock, the run's tallies looked up
+        inline.)"""
         run = query_run_of(state)
-        if run is None or run < runs_since():
-            return None, None  # loaded by no query, or before anything watched
-        prop = lazy.relationship
-        with self._runs_lock:
+        if run is None:
+            return None, None  # loaded by no query
+        with self._lock:
             # This detection's tallies on the run, the run made the most recently used (the
             # least recently used one goes when more than _MAX_RUNS are kept).
             runs = self._runs
             tallies = runs.pop(run, None)
             if tallies is None:
+                # A run this detection has tallies for was watched when they were made, and
+                # stays so: the hooks (and runs_since()) stay as they are while it is active.
+                if run < runs_since():
+                    return None, None  # loaded before anything watched
                 tallies = {}
                 if len(runs) >= _MAX_RUNS:
                     del runs[next(iter(runs))]
@@ -346,50 +352,63 @@ class Detection:
             members.add(id(state))
             pattern = tally.pattern
             if pattern is not None:  # an N+1 already found: one more load of it
-                with self._lock:
-                    pattern.count += 1
+                pattern.count += 1
                 return tally, None
             if len(members) < 2:
                 return tally, None
-            error, signal, finding = self._found(lazy, tally, callsites)
+            error, signal, finding = self._found(prop, tally, callsites)
         if finding is not None:
             self._emit([finding], may_raise=False)
         if signal is not None:
-            emit(signal)  # outside the locks: a subscriber may take its own
+            emit(signal)  # outside the lock: a subscriber may take its own
         return tally, error
 
+    def after_wanted(self, tally: Tally | None) -> bool:
+        """Whether a lazy load just counted into ``tally`` must be shown to this detection again
+        after its statement: for the statement's fingerprint, or for repeated queries."""
+        if tally is not None:
+            pattern = tally.pattern
+            if pattern is not None:
+                # Part of an N+1 already (never a repeated query): only the finding's
+                # fingerprint can be missing.
+                return pattern.fingerprint is None
+            if tally.fingerprint is None:
+                return True
+        return self.counts_selects
+
     def _found(
-        self, lazy: LazyLoad, tally: Tally, callsites: Callsites
+        self, prop: RelationshipProperty[Any], tally: Tally, callsites: Callsites
     ) -> tuple[NPlusOneError | None, NPlusOneSignal | None, Finding | None]:
         """The second member of a cohort lazily loaded the relationship: an N+1, from this
         line. The error to raise, the signal to emit and the finding to report now. Called
-        with the runs' lock held."""
+        with the lock held."""
         signal: NPlusOneSignal | None = None
-        with self._lock:
-            pattern, new = self._n_plus_one(lazy, callsites.get(self.settings.skip_modules))
-            tally.pattern = pattern
-            pattern.count += tally.loads
-            if pattern.fingerprint is None:
-                pattern.fingerprint = tally.fingerprint
-            if pattern.allowed:
-                return None, None, None
-            if signals_wanted():
-                # One signal per loop (a cohort turning into an N+1), for metrics.
-                signal = NPlusOneSignal("n+1", pattern.relationship, tally.loads)
-            if self.mode == "raise":
-                pattern.reported = True
-                finding = pattern.finding()
-                return NPlusOneError(str(finding), findings=[finding]), signal, None
-            if not (self.installed and new):
-                return None, signal, None
-            # An installed detection has no end to report at: report the pattern now, once.
+        pattern, new = self._n_plus_one(prop, callsites.get(self.settings.skip_modules))
+        tally.pattern = pattern
+        pattern.count += tally.loads
+        if pattern.fingerprint is None:
+            pattern.fingerprint = tally.fingerprint
+        if pattern.allowed:
+            return None, None, None
+        if signals_wanted():
+            # One signal per loop (a cohort turning into an N+1), for metrics.
+            signal = NPlusOneSignal("n+1", pattern.relationship, tally.loads)
+        if self.mode == "raise":
             pattern.reported = True
-            return None, signal, pattern.finding()
+            finding = pattern.finding()
+            return NPlusOneError(str(finding), findings=[finding]), signal, None
+        if not (self.installed and new):
+            return None, signal, None
+        # An installed detection has no end to report at: report the pattern now, once.
+        pattern.reported = True
+        return None, signal, pattern.finding()
 
-    def _n_plus_one(self, lazy: LazyLoad, callsite: CallSite | None) -> tuple[_Pattern, bool]:
-        """The N+1 pattern of ``lazy``'s relationship at ``callsite``, and whether it is new.
-        Called with the lock held."""
-        name = relationship_name(lazy.relationship)
+    def _n_plus_one(
+        self, prop: RelationshipProperty[Any], callsite: CallSite | None
+    ) -> tuple[_Pattern, bool]:
+        """The N+1 pattern of ``prop`` at ``callsite``, and whether it is new. Called with the
+        lock held."""
+        name = relationship_name(prop)
         key = ("n+1", name, callsite)
         pattern = self._patterns.get(key)
         if pattern is not None:
@@ -400,7 +419,7 @@ class Detection:
             relationship=name,
             callsite=callsite,
             fingerprint=None,
-            fix=loader_option(lazy.relationship),
+            fix=loader_option(prop),
             allowed=self.settings.allows(name, callsite),
         )
         return pattern, True
@@ -564,9 +583,19 @@ def _checked_settings(
     unused_eager: object,
 ) -> Settings:
     arguments = (mode, allow, allow_callsites, repeated_threshold, skip_modules, unused_eager)
-    if not all(isinstance(patterns, tuple) for patterns in (allow, allow_callsites, skip_modules)):
+    if not (
+        type(allow) is tuple and type(allow_callsites) is tuple and type(skip_modules) is tuple
+    ):
         return settings(*arguments[:5], caller="detect()", unused_eager=unused_eager)
-    key = tuple((type(argument), argument) for argument in arguments)
+    # Each argument with its type (written out: this runs once per request or test).
+    key = (
+        (type(mode), mode),
+        allow,
+        allow_callsites,
+        (type(repeated_threshold), repeated_threshold),
+        skip_modules,
+        (type(unused_eager), unused_eager),
+    )
     try:
         found = _checked.get(key)
     except TypeError:  # a tuple holding something unhashable: checked (and refused) below

@@ -34,7 +34,7 @@ from ormtune.nplusone._findings import loader_option, relationship_name
 from ormtune.querylog import (
     StatementKind,
     find_callsite,
-    lazy_load_executing,
+    lazy_load_target,
     note_refresh,
     track_runs,
     untrack_runs,
@@ -43,10 +43,10 @@ from ormtune.querylog import (
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import ExecutionContext
-    from sqlalchemy.orm import RelationshipProperty
+    from sqlalchemy.orm import InstanceState, RelationshipProperty
 
     from ormtune.nplusone._detection import Detection, Tally
-    from ormtune.querylog import CallSite, LazyLoad, Registration, StatementInfo
+    from ormtune.querylog import CallSite, Registration, StatementInfo
 
 __all__ = [
     "Callsites",
@@ -66,13 +66,10 @@ __all__ = [
 
 class Callsites:
     """The application line of the statement being handled, found at most once per distinct
-    ``skip_modules`` (the stack walk is the expensive part)."""
+    ``skip_modules`` (the stack walk is the expensive part). Made for every lazy load and rarely
+    asked: no ``__init__`` to run, and the dictionary comes with the first walk."""
 
-    __slots__ = ("_found",)
-
-    def __init__(self) -> None:
-        # Made for every lazy load and rarely asked: the dictionary comes with the first walk.
-        self._found: dict[tuple[str, ...], CallSite | None] | None = None
+    _found: dict[tuple[str, ...], CallSite | None] | None = None
 
     def get(self, skip_modules: tuple[str, ...]) -> CallSite | None:
         found = self._found
@@ -120,24 +117,37 @@ _names: dict[RelationshipProperty[Any], tuple[str, str]] = {}
 
 
 def _count(
-    lazy: LazyLoad, detections: tuple[Detection, ...]
-) -> tuple[Loading, BaseException | None]:
+    state: InstanceState[Any],
+    prop: RelationshipProperty[Any],
+    detections: tuple[Detection, ...],
+) -> Loading | None:
+    """Count a lazy load that is about to run in each active detection; what the watcher needs
+    to see again after the statement (None when no detection needs its fingerprint or its
+    line: the usual case once the loop is a known N+1)."""
     callsites = Callsites()
-    prop = lazy.relationship
+    tallies: list[tuple[Detection, Tally | None]] = []
+    error: BaseException | None = None
+    wanted = False
+    for detection in detections:
+        tally, found = detection.on_lazy_load(state, prop, callsites)
+        tallies.append((detection, tally))
+        if error is None:
+            error = found
+        wanted = wanted or detection.after_wanted(tally)
+    if error is not None:
+        # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.
+        raise error
+    if not wanted:
+        return None
     names = _names.get(prop)
     if names is None:
         names = _names[prop] = (relationship_name(prop), loader_option(prop))
     name, option = names
-    marks: dict[Detection, LazyMark] = {}
-    error: BaseException | None = None
-    for detection in detections:
-        tally, found = detection.on_lazy_load(lazy, callsites)
-        marks[detection] = LazyMark(name, option, tally)
-        error = error or found
-    return Loading(marks, callsites), error
+    return Loading({d: LazyMark(name, option, tally) for d, tally in tallies}, callsites)
 
 
 _PLAIN = object()  # the token of a statement that is no lazy load, in a detect() block
+_SELECT = StatementKind.SELECT
 
 
 class _Watcher:
@@ -153,18 +163,17 @@ class _Watcher:
             detections = (_installed,)
         else:
             return None
-        lazy = lazy_load_executing(context)
-        if lazy is None:
-            note_refresh(context)
-            return _PLAIN if scoped else None
-        loading, error = _count(lazy, detections)
-        if error is not None:
-            # An N+1 in "raise" mode: raised before the lazy load runs SQL, inside the loop.
-            raise error
-        return loading
+        target = lazy_load_target(context)
+        if target is not None:
+            return _count(target[0], target[1], detections)
+        note_refresh(context)
+        for detection in scoped:
+            if detection.counts_selects:
+                return _PLAIN
+        return None
 
     def after_statement(self, token: object, statement: StatementInfo, /) -> None:
-        if statement.kind is not StatementKind.SELECT:
+        if statement.kind is not _SELECT:
             return
         fingerprint = statement.fingerprint
         if token is _PLAIN:
@@ -173,10 +182,11 @@ class _Watcher:
                 detection.on_select(fingerprint, callsites, None)
             return
         assert isinstance(token, Loading)
-        for detection, mark in token.marks.items():
+        marks = token.marks
+        for detection, mark in marks.items():
             detection.on_lazy_loaded(mark.tally, fingerprint)
         for detection in _scoped.get():
-            detection.on_select(fingerprint, token.callsites, token.marks.get(detection))
+            detection.on_select(fingerprint, token.callsites, marks.get(detection))
 
 
 _WATCHER = _Watcher()

@@ -156,20 +156,21 @@ def _run_and_emit(
     executemany: bool,
 ) -> bool:
     """Run one statement as the dialect would (after any later listener) between two clock
-    reads, and send its event; watchers see it before and after."""
+    reads, and send its event; watchers see it before and after. (With watchers only, no
+    sinks, nothing is timed: nothing would read the duration.)"""
     watchers = _watchers
     watched = _watch_before(watchers, context) if watchers else None
-    started = _perf_counter()
+    started = _perf_counter() if sinks else 0.0
     try:
         if len(listeners) == 1 or not _later_listener_executed(listeners, own, arguments):
             execute(*arguments)
     except BaseException:
         context._ormtune_started = started  # type: ignore[attr-defined]  # for handle_error
         raise
-    duration = _perf_counter() - started
-    engine = context.engine
-    info = _analyze(arguments[1], engine.dialect.name in _BACKSLASH_DIALECTS)
     if sinks:
+        duration = _perf_counter() - started
+        engine = context.engine
+        info = _analyze(arguments[1], engine.dialect.name in _BACKSLASH_DIALECTS)
         rowcount = arguments[0].rowcount
         _emit(
             sinks,
@@ -182,20 +183,24 @@ def _run_and_emit(
             rowcount if rowcount is not None and rowcount >= 0 else None,
             None,
         )
-    if watched is not None:
-        _watch_after(watched, info)
+        if watched is not None:
+            _watch_after(watched, info)
+    elif watched is not None:
+        _watch_after(watched, _analyze(arguments[1], context.dialect.name in _BACKSLASH_DIALECTS))
     return True
 
 
 def _do_execute(
     cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
 ) -> bool:
+    # The hook of nearly every statement: _sinks() and _events_off() inlined, and
+    # ``executemany`` (a memoised property) read only when an event will be made.
     sinks = _scoped.get()
     if _global:
         sinks = sinks + _global if sinks else _global
     elif not sinks and not _watchers:
         return False  # SQLAlchemy runs the statement (and any later listener) as usual
-    if _events_off(context):
+    if context.root_connection.__dict__.get("_has_events") is False:
         return False
     dialect = context.dialect
     return _run_and_emit(
@@ -206,7 +211,7 @@ def _do_execute(
         dialect.do_execute,
         (cursor, statement, parameters, context),
         parameters,
-        context.executemany,
+        context.executemany if sinks else False,
     )
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm.attributes import instance_state
 from ormtune.querylog._lifecycle import SharedHooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from sqlalchemy.engine import ExecutionContext
     from sqlalchemy.orm import ORMExecuteState
@@ -76,15 +76,17 @@ class Cohort:
         self._refs.append(state.obj)
         state.__dict__[_STATE_ATTRIBUTE] = self
 
-    def states(self) -> Iterator[InstanceState[Any]]:
-        """Members still alive (object not garbage-collected) that still belong to this cohort."""
+    def states(self) -> list[InstanceState[Any]]:
+        """Members still alive (object not garbage-collected) that still belong to this cohort,
+        in row order (a list: an autoload batch reads them all at once)."""
+        alive = []
         for ref in self._refs:
             obj = ref()
-            if obj is None:
-                continue
-            state = instance_state(obj)
-            if state.__dict__.get(_STATE_ATTRIBUTE) is self:
-                yield state
+            if obj is not None:
+                state = instance_state(obj)
+                if state.__dict__.get(_STATE_ATTRIBUTE) is self:
+                    alive.append(state)
+        return alive
 
     def __len__(self) -> int:
         return len(self._refs)
@@ -320,13 +322,15 @@ def lazy_load_of(orm_execute_state: ORMExecuteState) -> LazyLoad | None:
     return LazyLoad(state, prop, cohort_of(state), by_eager_loader)
 
 
-def lazy_load_executing(context: ExecutionContext) -> LazyLoad | None:
-    """The lazy load a statement about to execute runs, or None for any other statement: what
-    :func:`lazy_load_of` tells a ``do_orm_execute`` hook, told to a statement watcher from the
-    load options and the loader path the ORM compiled the statement with."""
-    options = context.execution_options
+def lazy_load_target(
+    context: ExecutionContext,
+) -> tuple[InstanceState[Any], RelationshipProperty[Any]] | None:
+    """The object and relationship of the lazy load a statement about to execute runs, or None
+    for any other statement (the cheap part of :func:`lazy_load_executing`, for a watcher that
+    asks it of every statement): read from the load options and the loader path the ORM
+    compiled the statement with."""
     state: InstanceState[Any] | None = getattr(
-        options.get(_LOAD_OPTIONS), "_lazy_loaded_from", None
+        context.execution_options.get(_LOAD_OPTIONS), "_lazy_loaded_from", None
     )
     if state is None:
         return None
@@ -335,4 +339,17 @@ def lazy_load_executing(context: ExecutionContext) -> LazyLoad | None:
     prop = getattr(path, "prop", None)
     if not isinstance(prop, RelationshipProperty):
         return None
-    return LazyLoad(state, prop, cohort_of(state), _EAGER_LOADER_OPTION in options)
+    return state, prop
+
+
+def lazy_load_executing(context: ExecutionContext) -> LazyLoad | None:
+    """The lazy load a statement about to execute runs, or None for any other statement: what
+    :func:`lazy_load_of` tells a ``do_orm_execute`` hook, told to a statement watcher from the
+    load options and the loader path the ORM compiled the statement with."""
+    target = lazy_load_target(context)
+    if target is None:
+        return None
+    state, prop = target
+    return LazyLoad(
+        state, prop, cohort_of(state), _EAGER_LOADER_OPTION in context.execution_options
+    )
