@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 import ormtune
-from ormtune.querylog import QueryEvent, StatementInfo, StatementKind, listening, watch
+from ormtune.querylog import (
+    QueryEvent,
+    StatementInfo,
+    StatementKind,
+    lazy_load_executing,
+    lazy_load_target,
+    listening,
+    watch,
+)
 from ormtune.typing import StatementWatcher
 from tests.models import Post, User, sample_users
 
@@ -482,3 +490,37 @@ def test_watch_rejects_objects_without_both_methods() -> None:
     with pytest.raises(TypeError, match=r"watch\(\) takes an object with before_statement"):
         watch(OnlyBefore())  # type: ignore[arg-type]
     assert not listening()
+
+
+def test_a_watcher_tells_lazy_loads_from_other_statements(engine: Engine) -> None:
+    _seed(engine, users=2, posts_each=2)
+    seen: list[tuple[str, Any, Any]] = []
+
+    class Lazy:
+        def before_statement(self, context: Any, /) -> None:
+            target = lazy_load_target(context)
+            lazy = lazy_load_executing(context)
+            seen.append((context.statement.split()[0], target, lazy))
+
+        def after_statement(self, token: object, statement: StatementInfo, /) -> None:
+            raise AssertionError("no token was returned")
+
+    with watch(Lazy()), Session(engine) as session:
+        users = session.scalars(select(User).order_by(User.id)).all()
+        first_posts = users[0].posts  # a lazy load of a one-to-many: SQL
+        assert first_posts[0].author is users[0]  # many-to-one in the identity map: no SQL
+        session.add(User(name="new"))
+        session.flush()
+    kinds = [kind for kind, _, _ in seen]
+    assert kinds == ["SELECT", "SELECT", "INSERT"]
+    (_, root_target, root_lazy), (_, target, lazy), (_, insert_target, _) = seen
+    assert root_target is None
+    assert root_lazy is None
+    assert insert_target is None
+    assert target is not None
+    assert lazy is not None
+    state, prop = target
+    assert state.obj() is users[0]
+    assert prop is User.posts.property
+    assert (lazy.state, lazy.relationship) == (state, prop)
+    assert lazy.name == "User.posts"

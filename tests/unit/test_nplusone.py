@@ -396,6 +396,10 @@ def test_install_reports_each_pattern_once_when_it_first_happens(
     assert not hooked()
     [finding] = detection.findings
     assert finding.count == 6  # every load of both runs, though reported once
+    # The statement's fingerprint is noted from the first lazy load, before the N+1 is found.
+    assert finding.fingerprint is not None
+    assert "from posts where" in finding.fingerprint
+    assert f"sql: {finding.fingerprint}" in caplog.records[0].getMessage()
 
 
 def test_install_raise_mode_raises_at_every_n_plus_one(memory: Engine) -> None:
