@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 import ormtune
 from ormtune.querylog import (
     QueryEvent,
+    Registration,
     StatementInfo,
     StatementKind,
     lazy_load_executing,
@@ -524,3 +525,32 @@ def test_a_watcher_tells_lazy_loads_from_other_statements(engine: Engine) -> Non
     assert prop is User.posts.property
     assert (lazy.state, lazy.relationship) == (state, prop)
     assert lazy.name == "User.posts"
+
+
+def test_a_failure_seen_by_an_observer_registered_meanwhile_has_its_real_duration(
+    engine: Engine,
+) -> None:
+    events: list[QueryEvent] = []
+    registrations: list[Registration] = []
+
+    class Recorder:
+        def on_query(self, event: QueryEvent) -> None:
+            events.append(event)
+
+    class RegistersAnObserver:
+        # A watcher alone (no capture, no observer) when the statement starts; an observer
+        # registered before it fails sees the failure, with the time it really took.
+        def before_statement(self, context: Any, /) -> None:
+            if not registrations:
+                registrations.append(ormtune.observe(Recorder()))
+
+        def after_statement(self, token: object, statement: StatementInfo, /) -> None:
+            return None
+
+    with watch(RegistersAnObserver()), engine.connect() as conn, pytest.raises(exc.DBAPIError):
+        conn.execute(text("SELECT * FROM no_such_table"))
+    for registration in registrations:
+        registration.close()
+    [failed] = events
+    assert failed.error is not None
+    assert 0 <= failed.duration < 60

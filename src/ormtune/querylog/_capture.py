@@ -157,10 +157,11 @@ def _run_and_emit(
 ) -> bool:
     """Run one statement as the dialect would (after any later listener) between two clock
     reads, and send its event; watchers see it before and after. (With watchers only, no
-    sinks, nothing is timed: nothing would read the duration.)"""
+    sinks, the second clock read is skipped: nothing would read the duration. The first is
+    kept for ``handle_error``, which may find a sink registered meanwhile.)"""
     watchers = _watchers
     watched = _watch_before(watchers, context) if watchers else None
-    started = _perf_counter() if sinks else 0.0
+    started = _perf_counter()
     try:
         if len(listeners) == 1 or not _later_listener_executed(listeners, own, arguments):
             execute(*arguments)
