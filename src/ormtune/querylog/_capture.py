@@ -169,13 +169,15 @@ def _run_and_emit(
         context._ormtune_started = started  # type: ignore[attr-defined]  # for handle_error
         raise
     if sinks:
-        duration = _perf_counter() - started
-        engine = context.engine
-        info = _analyze(arguments[1], engine.dialect.name in _BACKSLASH_DIALECTS)
+        duration = _perf_counter() - started  # before the analysis, which may tokenize
+    elif watched is None:
+        return True
+    info = _analyze(arguments[1], context.dialect.name in _BACKSLASH_DIALECTS)
+    if sinks:
         rowcount = arguments[0].rowcount
         _emit(
             sinks,
-            engine,
+            context.engine,
             arguments[1],
             info,
             parameters,
@@ -184,10 +186,8 @@ def _run_and_emit(
             rowcount if rowcount is not None and rowcount >= 0 else None,
             None,
         )
-        if watched is not None:
-            _watch_after(watched, info)
-    elif watched is not None:
-        _watch_after(watched, _analyze(arguments[1], context.dialect.name in _BACKSLASH_DIALECTS))
+    if watched is not None:
+        _watch_after(watched, info)
     return True
 
 
