@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapper, Session
 import ormtune
 from ormtune import nplusone
 from ormtune.batchload import _autoload
-from ormtune.querylog import _capture, _cohorts
+from ormtune.querylog import _capture, _cohorts, _run_cohorts
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import ORMExecuteState
@@ -76,18 +76,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Put back whichever of ormtune's listeners SQLAlchemy's fixtures removed."""
     global _reinstalled
     missing = False
+    refresh_listeners = []
     if _autoloading():
-        for name, listener in _cohorts._LISTENERS:
-            if not event.contains(Mapper, name, listener):
-                event.listen(Mapper, name, listener, raw=True)
-                missing = True
+        refresh_listeners += [_cohorts._seal_refresh, _run_cohorts._note_populated]
+    if _detecting():
+        refresh_listeners += [_cohorts._seal_refresh]
+    for listener in refresh_listeners:
+        if not event.contains(Mapper, "refresh", listener):
+            event.listen(Mapper, "refresh", listener, raw=True)
+            missing = True
     if _autoloading() and not event.contains(Session, "do_orm_execute", _autoload._on_orm_execute):
         event.listen(Session, "do_orm_execute", _autoload._on_orm_execute, retval=True)
         missing = True
     if _detecting():
-        if not event.contains(Mapper, "refresh", _cohorts._seal_refresh):
-            event.listen(Mapper, "refresh", _cohorts._seal_refresh, raw=True)
-            missing = True
         for name, engine_listener in _capture._LISTENERS:
             if not event.contains(Engine, name, engine_listener):
                 event.listen(Engine, name, engine_listener)

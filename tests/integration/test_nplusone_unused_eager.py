@@ -444,3 +444,14 @@ def test_cache_hits_and_autoload_work_under_it(db: Engine) -> None:
         # The first read loads every author's books (autoload's own selectinload).
         assert _titles(authors) == expected
     assert detection.findings == []
+
+
+def test_an_autoload_batch_in_chunks_keeps_its_eager_loads_judged_as_one(db: Engine) -> None:
+    # One author per chunk: the awards come in four queries, each joining its sponsor; the
+    # batch's rows stay the one cohort the detection saw them load into.
+    watched = detect("log", unused_eager=True)
+    with ormtune.autoload(Author.awards, chunk_size=1), watched as detection, Session(db) as s:
+        authors = s.scalars(select(Author).order_by(Author.id)).all()
+        sponsors = {award.sponsor.name for author in authors for award in author.awards}
+        assert sponsors == {"fund"}
+    assert detection.findings == []

@@ -23,8 +23,9 @@ from ormtune.querylog import (
     SharedHooks,
     lazy_load_of,
     lazy_loads_only,
-    track_cohorts,
-    untrack_cohorts,
+    note_refresh_load,
+    track_run_cohorts,
+    untrack_run_cohorts,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +63,12 @@ _scopes: tuple[_Scope, ...] = ()  # copy-on-write; read without the lock
 
 
 def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
+    if not orm_state.is_select:
+        return None
     lazy = lazy_load_of(orm_state)
-    if lazy is None or lazy.cohort is None:
+    if lazy is None:
+        # An object refreshed on its own (expired by commit(), say) stays in its query's run.
+        note_refresh_load(orm_state.load_options)
         return None
     prop = lazy.relationship
     if prop.lazy not in _LAZY_SELECT or prop.key in lazy.state.callables:
@@ -91,7 +96,7 @@ def _on_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
 
 
 def _install() -> None:
-    track_cohorts()
+    track_run_cohorts()
     if not event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.listen(Session, "do_orm_execute", _on_orm_execute, retval=True)
 
@@ -99,7 +104,7 @@ def _install() -> None:
 def _remove() -> None:
     if event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.remove(Session, "do_orm_execute", _on_orm_execute)
-    untrack_cohorts()
+    untrack_run_cohorts()
 
 
 _hooks = SharedHooks(_install, _remove)

@@ -31,7 +31,17 @@ from ormtune.batchload._options import (
     wants_lone_batches,
 )
 from ormtune.batchload._targets import load_targets, target_plan
-from ormtune.querylog import AutoloadBatch, emit, shared_cohort, signals_wanted
+from ormtune.querylog import (
+    AutoloadBatch,
+    Cohort,
+    emit,
+    join_runs_since,
+    run_cohort,
+    run_mark,
+    shared_cohort,
+    signals_wanted,
+    tracking_cohorts,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -50,12 +60,10 @@ _MAX_PARAMETERS = 30_000
 _SELECTINLOAD_HAS_CHUNKSIZE = "chunksize" in pyinspect.signature(selectinload).parameters
 
 
-def _members(lazy: LazyLoad) -> list[InstanceState[Any]]:
+def _members(lazy: LazyLoad, cohort: Cohort) -> list[InstanceState[Any]]:
     """The cohort members whose relationship the batch loads, the trigger first: those that may
     be loaded by the batch that the trigger's lazy load starts."""
-    trigger, prop, cohort = lazy.state, lazy.relationship, lazy.cohort
-    if cohort is None:
-        return []
+    trigger, prop = lazy.state, lazy.relationship
     # What every member is checked against, read once (this runs for every member of a batch).
     key = prop.key
     session_id = trigger.session_id
@@ -192,7 +200,11 @@ def batch_load(
         # query for it (SQLAlchemy's main branch drops a primaryjoin condition and repeats a
         # table), so the lazy load, which renders the relationship as written, does it.
         return None
-    members = _members(lazy)
+    session = orm_state.session
+    cohort = run_cohort(lazy.state, session.identity_map)
+    if cohort is None:
+        return None  # loaded by no query, or before autoload() began
+    members = _members(lazy, cohort)
     plan = direct_plan(prop)
     targets = target_plan(prop) if plan is None else None
     lone = len(members) < 2 or _one_target(members, prop)
@@ -207,14 +219,17 @@ def batch_load(
         return None
     # SQLAlchemy autoflushes after the do_orm_execute hooks: a direct batch flushes (or not)
     # where the lazy load it replaces would have.
-    execution_options = {"autoflush": _autoflushes(orm_state), **shared_cohort()}
+    execution_options: dict[str, Any] = {"autoflush": _autoflushes(orm_state)}
+    if tracking_cohorts():  # unused-eager detection: its cohorts are recorded row by row
+        execution_options.update(shared_cohort())
+    mark = run_mark()
     if any(member.expired_attributes for member in members) or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
         _reselect(orm_state, lazy, members, settings)
     elif plan is not None:
         load_directly(
-            orm_state.session,
+            session,
             prop,
             plan,
             members,
@@ -224,7 +239,7 @@ def batch_load(
             orm_state.bind_arguments,
         )
     elif targets is not None and not load_targets(
-        orm_state.session,
+        session,
         prop,
         targets,
         members,
@@ -236,6 +251,7 @@ def batch_load(
         if lone:
             return None  # nothing was loaded: the plain lazy load goes ahead
         _reselect(orm_state, lazy, members, settings)
+    join_runs_since(mark, session.identity_map)  # the batch's chunks: one cohort
     if signals_wanted() and not lone:
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))
     return _result_for(lazy.state, prop)

@@ -68,13 +68,12 @@ from ormtune.caching._tokens import (
 from ormtune.caching._writes import Snapshot, WriteTracker, isolation_of
 from ormtune.exceptions import CacheBackendError, ConfigurationError
 from ormtune.querylog import (
-    Cohort,
     acts_on_lazy_loads_only,
     analyze,
     fingerprint,
-    share_new_run,
+    form_cohort,
+    keeping_runs,
     tracking_cohorts,
-    tracking_runs,
 )
 
 if TYPE_CHECKING:
@@ -416,12 +415,9 @@ class QueryCache:
         outer = recorded_statements.get()
         if outer is not None:  # an enclosing @cached function depends on these tables too
             outer.extend(shape.statements)
-        if states and tracking_cohorts():
-            cohort = Cohort()
-            for instance_state in states:
-                cohort.add(instance_state)
-        if states and tracking_runs():  # N+1 detection: the hit's objects are peers
-            share_new_run(states)
+        if states and (keeping_runs() or tracking_cohorts()):
+            # N+1 detection and autoload: the hit's objects are peers, as a query's rows are.
+            form_cohort(states)
         self._stats.hit(name)
         return shape.frozen.with_new_rows(rows)()
 

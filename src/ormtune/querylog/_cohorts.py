@@ -40,10 +40,14 @@ __all__ = [
     "Cohort",
     "LazyLoad",
     "cohort_of",
+    "keep_runs",
+    "keeping_runs",
     "lazy_load_executing",
     "lazy_load_of",
     "note_refresh",
+    "note_refresh_load",
     "query_run_of",
+    "release_runs",
     "runs_since",
     "share_new_run",
     "shared_cohort",
@@ -61,11 +65,20 @@ _STATE_ATTRIBUTE = "_ormtune_cohort"
 
 
 class Cohort:
-    """The instances loaded by one ORM query (weakly, through their states), in row order."""
+    """The instances loaded by one ORM query (weakly, through their states), in row order.
 
-    __slots__ = ("__weakref__", "_refs", "lock", "notes")
+    A cohort recorded by the instance events (:func:`track_cohorts`) has no ``run``: its members
+    are the states that point at it. A cohort found from a query run (:func:`run_cohort`,
+    :func:`form_cohort`) has that run, and a member that a later query has loaded again has
+    left it.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("__weakref__", "_refs", "complete", "lock", "notes", "run")
+
+    def __init__(self, run: int | None = None, *, complete: bool = True) -> None:
+        self.run = run
+        # False while only some of the run's objects are known (see _run_cohorts.py).
+        self.complete = complete
         # Each member state's own weak reference to its object: nothing new per member.
         self._refs: list[Callable[[], object]] = []
         # Per-cohort scratch space for the features that reason about it (keyed by feature).
@@ -80,11 +93,14 @@ class Cohort:
         """Members still alive (object not garbage-collected) that still belong to this cohort,
         in row order (a list: an autoload batch reads them all at once)."""
         alive = []
+        run = self.run
         for ref in self._refs:
             obj = ref()
             if obj is not None:
                 state = instance_state(obj)
-                if state.__dict__.get(_STATE_ATTRIBUTE) is self:
+                if state.__dict__.get(_STATE_ATTRIBUTE) is self and (
+                    run is None or state.runid == run or query_run_of(state) == run
+                ):
                     alive.append(state)
         return alive
 
@@ -223,7 +239,12 @@ _LOAD_OPTIONS = "_sa_orm_load_options"
 def note_refresh(context: ExecutionContext) -> None:
     """Called by a statement watcher before a statement runs: if it refreshes a single object,
     remember the run the object belongs to (its refresh will give it a run of its own)."""
-    load_options = context.execution_options.get(_LOAD_OPTIONS)
+    note_refresh_load(context.execution_options.get(_LOAD_OPTIONS))
+
+
+def note_refresh_load(load_options: object) -> None:
+    """:func:`note_refresh` for a ``do_orm_execute`` hook, given the execution's
+    ``ORMExecuteState.load_options``."""
     state: InstanceState[Any] | None = getattr(load_options, "_refresh_state", None)
     if state is not None:
         run = query_run_of(state)
@@ -239,19 +260,40 @@ def _seal_refresh(state: InstanceState[Any], context: object, attrs: object) -> 
             state.__dict__[_RUN_BEFORE_REFRESH] = (run, state.runid)
 
 
-def _install_runs() -> None:
-    global _since
+def _install_seal() -> None:
     event.listen(Mapper, "refresh", _seal_refresh, raw=True)
-    _since = loading._new_runid()  # queries from now on are watched (the counter only grows)
 
 
-def _remove_runs() -> None:
+def _remove_seal() -> None:
     if event.contains(Mapper, "refresh", _seal_refresh):
         event.remove(Mapper, "refresh", _seal_refresh)
 
 
+# The listener that keeps runs across refreshes, shared by N+1 detection (track_runs, which
+# also marks where its watch began) and automatic batch loading (keep_runs, which does not).
+_seal_hooks = SharedHooks(_install_seal, _remove_seal)
+
+
+def _install_runs() -> None:
+    global _since
+    _seal_hooks.acquire()
+    _since = loading._new_runid()  # queries from now on are watched (the counter only grows)
+
+
 _since = 0
-_run_hooks = SharedHooks(_install_runs, _remove_runs)
+_run_hooks = SharedHooks(_install_runs, _seal_hooks.release)
+
+
+def keep_runs() -> None:
+    """Keep query runs across single-object refreshes, without marking a new start for
+    :func:`runs_since` (reference-counted; pair each call with :func:`release_runs`). Callers
+    also call :func:`note_refresh` or :func:`note_refresh_load` before refreshes run."""
+    _seal_hooks.acquire()
+
+
+def release_runs() -> None:
+    """Release one :func:`keep_runs`."""
+    _seal_hooks.release()
 
 
 def track_runs() -> None:
@@ -266,20 +308,28 @@ def untrack_runs() -> None:
     _run_hooks.release()
 
 
-def share_new_run(states: Iterable[InstanceState[Any]]) -> None:
+def share_new_run(states: Iterable[InstanceState[Any]]) -> int:
     """Make ``states`` the rows of one new query run, as if one query had loaded them (for
-    objects made without a query, such as a cache hit's). A run id no query has had or will
-    have, so SQLAlchemy's own use of it (is this row's object new to the running query?) is
-    unaffected."""
-    run = loading._new_runid()
+    objects made without a query, such as a cache hit's), and return the run. A run id no query
+    has had or will have, so SQLAlchemy's own use of it (is this row's object new to the
+    running query?) is unaffected."""
+    run: int = loading._new_runid()
     for state in states:
         state.runid = run
         state.__dict__.pop(_RUN_BEFORE_REFRESH, None)
+    return run
 
 
 def tracking_runs() -> bool:
-    """Whether query runs are kept across refreshes right now."""
+    """Whether :func:`track_runs` is on right now."""
     return _run_hooks.active
+
+
+def keeping_runs() -> bool:
+    """Whether query runs are kept across refreshes right now (by :func:`track_runs` or
+    :func:`keep_runs`): objects made without a query should then share a run
+    (:func:`share_new_run`) to be each other's peers."""
+    return _seal_hooks.active
 
 
 def runs_since() -> int:
