@@ -184,3 +184,67 @@ def callgrind_instructions(argv: Sequence[str]) -> int:
     if match is None:
         raise RuntimeError(f"no instruction count in callgrind's output:\n{done.stderr}")
     return int(match.group(1).replace(",", ""))
+
+
+def callgrind_per_run(script: str, stage: str, users: int, small: int, large: int) -> float:
+    """The instructions of one run of ``script --inner STAGE --users N --runs R``: the count at
+    ``large`` runs less the count at ``small``, over the difference, so start-up cancels out."""
+
+    def count(runs: int) -> int:
+        argv = [sys.executable, script, "--inner", stage, "--users", str(users)]
+        return callgrind_instructions([*argv, "--runs", str(runs)])
+
+    return (count(large) - count(small)) / (large - small)
+
+
+def callgrind_main(
+    script: str,
+    labels: dict[str, str],
+    inner: Callable[[str, int, int], None],
+    *,
+    option: str,
+    base: str,
+    headers: Sequence[str],
+    users: int,
+    small: int,
+    large: int,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The command line of a callgrind benchmark: ``--users``, ``--small``, ``--large`` and
+    ``--OPTION`` (comma-separated keys of ``labels``). Run as ``--inner KEY --runs R`` (by
+    :func:`callgrind_per_run`) it calls ``inner(key, users, runs)``; otherwise it prints the
+    instructions per run of each key asked for, against ``base``, under ``headers``."""
+    import argparse
+
+    summary = (sys.modules["__main__"].__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(description=summary)
+    parser.add_argument("--users", type=int, default=users)
+    parser.add_argument("--small", type=int, default=small)
+    parser.add_argument("--large", type=int, default=large)
+    parser.add_argument(f"--{option}", default=",".join(labels), help="comma-separated")
+    parser.add_argument("--inner", choices=labels, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+        inner(args.inner, args.users, args.runs)
+        return
+    per_run = {
+        key: callgrind_per_run(script, key, args.users, args.small, args.large)
+        for key in getattr(args, option).split(",")
+    }
+    extra = {"users": str(args.users), "runs": f"{args.small}/{args.large}"}
+    print_report(list(headers), against(per_run, labels, base), extra)
+
+
+def against(per_run: dict[str, float], labels: dict[str, str], base: str) -> list[list[str]]:
+    """Table rows: each stage's label, count, and difference and ratio against ``base``."""
+    reference = per_run.get(base)
+    return [
+        [
+            labels[stage],
+            f"{count:,.0f}",
+            "" if reference is None else f"{count - reference:+,.0f}",
+            "" if reference is None else f"{count / reference:.3f}",
+        ]
+        for stage, count in per_run.items()
+    ]

@@ -29,7 +29,6 @@ add one mechanism at a time:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import sys
@@ -136,41 +135,19 @@ def _inner(stage: str, users: int, runs: int) -> None:
             naive_loop(engine, users, ())
 
 
-def _instructions(stage: str, users: int, runs: int) -> int:
-    return _harness.callgrind_instructions(
-        [sys.executable, __file__, "--inner", stage, "--users", str(users), "--runs", str(runs)]
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--small", type=int, default=5)
-    parser.add_argument("--large", type=int, default=25)
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated")
-    parser.add_argument("--inner", choices=STAGES, help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.inner:
-        _inner(args.inner, args.users, args.runs)
-        return
-    per_run: dict[str, float] = {}
-    for stage in args.stages.split(","):
-        small = _instructions(stage, args.users, args.small)
-        large = _instructions(stage, args.users, args.large)
-        per_run[stage] = (large - small) / (args.large - args.small)
-    off = per_run.get("off")
-    rows = [
-        [
-            STAGES[stage],
-            f"{count:,.0f}",
-            "" if off is None else f"{count - off:+,.0f}",
-            "" if off is None else f"{count / off:.3f}",
-        ]
-        for stage, count in per_run.items()
-    ]
-    extra = {"users": str(args.users), "runs": f"{args.small}/{args.large}"}
-    _harness.print_report(["stage", "instructions/run", "added", "ratio"], rows, extra)
+    _harness.callgrind_main(
+        __file__,
+        STAGES,
+        _inner,
+        option="stages",
+        base="off",
+        headers=["stage", "instructions/run", "added", "ratio"],
+        users=10,
+        small=5,
+        large=25,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

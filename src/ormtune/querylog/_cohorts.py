@@ -239,7 +239,13 @@ _LOAD_OPTIONS = "_sa_orm_load_options"
 def note_refresh(context: ExecutionContext) -> None:
     """Called by a statement watcher before a statement runs: if it refreshes a single object,
     remember the run the object belongs to (its refresh will give it a run of its own)."""
-    note_refresh_load(context.execution_options.get(_LOAD_OPTIONS))
+    # Spelled out rather than calling note_refresh_load(): this runs for every statement.
+    load_options = context.execution_options.get(_LOAD_OPTIONS)
+    state: InstanceState[Any] | None = getattr(load_options, "_refresh_state", None)
+    if state is not None:
+        run = query_run_of(state)
+        if run is not None:
+            state.__dict__[_REFRESHING] = run
 
 
 def note_refresh_load(load_options: object) -> None:
