@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, ForeignKey, create_engine, insert, inspect, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import ormtune
 from ormtune.batchload import autoload
@@ -189,11 +189,7 @@ def test_the_chunks_of_one_batch_are_one_cohort(engine: Engine) -> None:
     assert log.count == 1 + 4 + 7
 
 
-def test_a_search_far_behind_newer_objects_indexes_every_run(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Past this many newer objects, the search groups the whole identity map by run instead.
-    monkeypatch.setattr("ormtune.querylog._run_cohorts._WALK_BUDGET", 3)
+def test_the_first_lazy_load_indexes_every_run_in_the_map(engine: Engine) -> None:
     with Session(engine) as session, autoload():
         authors = list(session.scalars(select(Author).order_by(Author.id)))
         books = list(session.scalars(select(Book).order_by(Book.id)))
@@ -201,8 +197,7 @@ def test_a_search_far_behind_newer_objects_indexes_every_run(
         with ormtune.capture(engine) as log:
             treated = books_of(authors)
         assert log.count == 1
-        # Every run in the map was indexed on the way: the books are one cohort, each node its
-        # own, found without another search.
+        # Every object in the map was indexed then: the books are one cohort, each node its own.
         book_cohorts = {id(cohort_of(inspect(book))) for book in books}
         assert len(book_cohorts) == 1
         assert None not in {cohort_of(inspect(book)) for book in books}
@@ -211,3 +206,71 @@ def test_a_search_far_behind_newer_objects_indexes_every_run(
     with Session(engine) as session:
         control = books_of(list(session.scalars(select(Author).order_by(Author.id))))
     assert treated == control
+
+
+class _Interleaved(DeclarativeBase):
+    pass
+
+
+class _Parent(_Interleaved):
+    __tablename__ = "ac_parents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kids: Mapped[list[_Kid]] = relationship(lazy="subquery", order_by="_Kid.id")
+
+
+class _Kid(_Interleaved):
+    __tablename__ = "ac_kids"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("ac_parents.id"))
+    toys: Mapped[list[_Toy]] = relationship(order_by="_Toy.id")
+
+
+class _Toy(_Interleaved):
+    __tablename__ = "ac_toys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kid_id: Mapped[int] = mapped_column(ForeignKey("ac_kids.id"))
+
+
+@pytest.fixture
+def interleaved(engine: Engine) -> Iterator[Engine]:
+    _Interleaved.metadata.drop_all(engine)
+    _Interleaved.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(insert(_Parent), [{"id": i} for i in range(1, PARENTS + 1)])
+        connection.execute(insert(_Kid), [{"id": i, "parent_id": i} for i in range(1, PARENTS + 1)])
+        connection.execute(insert(_Toy), [{"id": i, "kid_id": i} for i in range(1, PARENTS + 1)])
+    yield engine
+    _Interleaved.metadata.drop_all(engine)
+
+
+def test_runs_a_subquery_loader_interleaves_are_still_one_cohort_each(
+    interleaved: Engine,
+) -> None:
+    # A subquery loader adds its objects among the parents' in the identity map.
+    def walk(session: Session) -> list[Any]:
+        parents = session.scalars(select(_Parent).order_by(_Parent.id)).all()
+        with ormtune.capture(interleaved) as log:
+            graph = [(p.id, [(k.id, [t.id for t in k.toys]) for k in p.kids]) for p in parents]
+        return [graph, log.count]
+
+    with Session(interleaved) as session:
+        control, plain = walk(session)
+    with Session(interleaved) as session, autoload():
+        treated, batched = walk(session)
+    assert treated == control
+    assert plain == PARENTS
+    assert batched == 1
+
+
+def test_an_object_put_back_into_the_session_does_not_split_a_cohort(engine: Engine) -> None:
+    with Session(engine) as session, autoload():
+        node = session.get(Node, 1)
+        authors = list(session.scalars(select(Author).order_by(Author.id)))
+        session.expunge(node)
+        session.add(node)  # back at the end of the identity map, with its old run
+        with ormtune.capture(engine) as log:
+            treated = books_of(authors)
+    with Session(engine) as session:
+        control = books_of(list(session.scalars(select(Author).order_by(Author.id))))
+    assert treated == control
+    assert log.count == 1

@@ -73,12 +73,10 @@ class Cohort:
     left it.
     """
 
-    __slots__ = ("__weakref__", "_refs", "complete", "lock", "notes", "run")
+    __slots__ = ("__weakref__", "_refs", "lock", "notes", "run")
 
-    def __init__(self, run: int | None = None, *, complete: bool = True) -> None:
+    def __init__(self, run: int | None = None) -> None:
         self.run = run
-        # False while only some of the run's objects are known (see _run_cohorts.py).
-        self.complete = complete
         # Each member state's own weak reference to its object: nothing new per member.
         self._refs: list[Callable[[], object]] = []
         # Per-cohort scratch space for the features that reason about it (keyed by feature).

@@ -4,15 +4,17 @@ Recording a cohort with the ``load`` instance event costs an event dispatch per 
 about a microsecond, which an application pays for every row whether or not anything ever lazy
 loads from it. Automatic batch loading needs a cohort only when a lazy load is about to run,
 and SQLAlchemy already marks every object with its query's run id (``InstanceState.runid``,
-see ``_cohorts.py``). So the cohort is found then: a query adds the objects it creates to the
-session's identity map one after another, so walking the map from its newest entry back finds
-them all, and the walk stops at the first object of an older run. The cohort found is kept on
-its members' states, so the next relationship loaded from it finds it at once.
+see ``_cohorts.py``). So the cohorts are made then: every object added to the session's
+identity map since the last time is put in its run's cohort, found by walking the map back
+from its newest entry to the newest object already indexed (dictionaries keep insertion
+order). Each object is indexed once, in one loop, and only in sessions that lazy load;
+grouping by run, not by position, keeps it right where SQLAlchemy interleaves runs (subquery
+and immediate loaders, ``yield_per`` with eager loads, objects put back into a session).
 
-Three kinds of rows are not where the walk looks, and are recorded as they come instead:
+Three kinds of rows change run without being added to the map, and are recorded as they come:
 
 * the objects a ``populate_existing`` query refreshes were in the map before it ran: the
-  ``refresh`` event (which fires only for refreshes) notes them under the query's run;
+  ``refresh`` event (which fires only for refreshes) puts them in the query's run;
 * the chunks of one batch load (500 keys each) are queries of their own: the batch makes their
   new objects one run and one cohort when it ends (:func:`join_runs_since`);
 * a cache hit's objects: the cache makes them one (:func:`form_cohort`).
@@ -29,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, QueryContext, loading
-from sqlalchemy.orm.attributes import instance_state
 
 from ormtune.querylog._cohorts import (
     _RUN_BEFORE_REFRESH,
@@ -39,6 +40,7 @@ from ormtune.querylog._cohorts import (
     query_run_of,
     release_runs,
     share_new_run,
+    tracking_cohorts,
 )
 from ormtune.querylog._lifecycle import SharedHooks
 
@@ -57,9 +59,13 @@ __all__ = [
     "untrack_run_cohorts",
 ]
 
-# Cohorts of populate_existing queries, by run: the refreshed objects, noted as they come.
-_populated: weakref.WeakValueDictionary[int, Cohort] = weakref.WeakValueDictionary()
-_POPULATED_KEY = ("ormtune", "populated cohort")
+# Every run cohort, by run (run ids are unique in the process): its members keep it alive.
+_by_run: weakref.WeakValueDictionary[int, Cohort] = weakref.WeakValueDictionary()
+# Per identity map, the newest object already indexed into its run's cohort, and the map's
+# size then.
+_indexed: weakref.WeakKeyDictionary[IdentityMap, tuple[InstanceState[Any], int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _note_populated(state: InstanceState[Any], context: object, attrs: object) -> None:
@@ -69,15 +75,7 @@ def _note_populated(state: InstanceState[Any], context: object, attrs: object) -
         and context.refresh_state is None
         and context.populate_existing
     ):
-        attributes = context.attributes
-        cohort: Cohort | None = attributes.get(_POPULATED_KEY)
-        if cohort is None:
-            # Incomplete: the query's new rows join it when a lazy load first needs it. Its
-            # members keep it alive, the registry finds it from those new rows.
-            cohort = attributes[_POPULATED_KEY] = Cohort(context.runid, complete=False)
-            _populated[context.runid] = cohort
-        cohort._refs.append(state.obj)
-        _adopt(state, cohort)
+        _join_run(state, context.runid)
 
 
 def _install() -> None:
@@ -111,15 +109,8 @@ def untrack_run_cohorts() -> None:
     _hooks.release()
 
 
-# How many objects of other runs a search passes before it indexes the whole identity map
-# instead: a search passes every object loaded after the run it looks for, and a loop over
-# objects of many small old runs (one session.get() each) would otherwise pass the same newer
-# objects again for each of them.
-_WALK_BUDGET = 2_000
-
-
 def _query_run(state: InstanceState[Any]) -> int | None:
-    # query_run_of(), inlined where it runs for every object of a search.
+    # query_run_of(), inlined where it runs for every object indexed.
     runid = state.runid
     if runid is not None:
         kept = state.__dict__.get(_RUN_BEFORE_REFRESH)
@@ -128,116 +119,92 @@ def _query_run(state: InstanceState[Any]) -> int | None:
     return runid
 
 
-def _run_members(states: Iterator[InstanceState[Any]], run: int) -> list[InstanceState[Any]] | None:
-    """The states of ``run`` among ``states`` (newest first), up to the first of an older run;
-    None once more than the budget of other runs' objects has been passed."""
-    members = []
-    budget = _WALK_BUDGET
-    for state in states:
-        runid = state.runid
-        if runid == run:
-            members.append(state)
-            continue
-        if runid is None:
-            continue  # made by the application and flushed, or merged without a query
-        runid = _query_run(state)
-        if runid == run:
-            members.append(state)
-            continue
-        if runid is not None and runid < run:
-            break
-        budget -= 1
-        if not budget:
-            return None
-    return members
+def _recorded(cohort: Cohort | None) -> bool:
+    """Whether ``cohort`` was recorded by the instance events and is still kept up to date by
+    them (while unused-eager detection runs): then it is exact as it is."""
+    return cohort is not None and cohort.run is None and tracking_cohorts()
 
 
-def _by_run(states: Iterable[InstanceState[Any]]) -> dict[int, list[InstanceState[Any]]]:
-    runs: dict[int, list[InstanceState[Any]]] = {}
-    for state in states:
-        runid = _query_run(state)
-        if runid is not None and runid >= _since:
-            members = runs.get(runid)
-            if members is None:
-                runs[runid] = [state]
-            else:
-                members.append(state)
-    return runs
-
-
-def run_cohort(state: InstanceState[Any], identity_map: IdentityMap) -> Cohort | None:
-    """The cohort of ``state``: the objects of the query run that loaded it, found in the
-    identity map of its session the first time it is asked for, or recorded by the instance
-    events (:func:`ormtune.querylog.track_cohorts`). None for an object no query loaded, or
-    one loaded before :func:`track_run_cohorts` (its refreshes may not have been noted)."""
-    cohort: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
-    if cohort is not None and cohort.run is None:
-        return cohort  # recorded by the instance events: exact as it is
-    run = query_run_of(state)
-    if run is None or run < _since:
-        return None
-    if cohort is not None and cohort.run == run and cohort.complete:
-        return cohort
-    values: Iterable[InstanceState[Any]] = identity_map._dict.values()
-    try:
-        found = _run_members(reversed(values), run)  # type: ignore[call-overload]
-    except RuntimeError:  # the garbage collector freed an object meanwhile: walk a copy
-        values = list(values)
-        found = _run_members(reversed(values), run)
-    if found is None:
-        # Far behind newer objects: index every run in the map at once, so that no other
-        # search passes them again.
-        runs = _by_run(list(values))
-        for other, members in runs.items():
-            if other != run:
-                _materialize(other, members)
-        found = runs.get(run, [])
-    else:
-        found.reverse()  # row order
-    if all(member is not state for member in found):
-        found.append(state)  # a row its query found in the map already, and reloaded
-    return _materialize(run, found)
-
-
-def _materialize(run: int, found: list[InstanceState[Any]]) -> Cohort:
-    """The complete cohort of ``run``: ``found`` and the objects its query refreshed."""
-    cohort = _populated.pop(run, None)
+def _join_run(state: InstanceState[Any], run: int) -> Cohort:
+    """Put ``state`` in the cohort of ``run`` (made if need be), unless it is there already or
+    in a cohort the instance events keep."""
+    kept: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
+    if kept is not None and (kept.run == run or _recorded(kept)):
+        return kept
+    cohort = _by_run.get(run)
     if cohort is None:
-        cohort = Cohort(run)
-    cohort.complete = True
-    refs = cohort._refs
-    known = {id(ref) for ref in refs}
-    for member in found:
-        if id(member.obj) not in known:
-            refs.append(member.obj)
-    for ref in refs:
-        obj = ref()
-        if obj is not None:
-            _adopt(instance_state(obj), cohort)
+        cohort = _by_run[run] = Cohort(run)
+    cohort._refs.append(state.obj)
+    state.__dict__[_STATE_ATTRIBUTE] = cohort
     return cohort
 
 
-def _adopt(state: InstanceState[Any], cohort: Cohort) -> None:
-    # Never take a member from a cohort the instance events recorded (they are exact, and
-    # unused-eager detection keeps what it saw on them).
-    kept: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
-    if kept is None or kept.run is not None:
-        state.__dict__[_STATE_ATTRIBUTE] = cohort
+def _index(identity_map: IdentityMap) -> None:
+    """Put every object added to the map since the last call in its run's cohort: a walk back
+    from the newest entry to the newest already indexed (the whole map the first time, or when
+    that object has left it). Each object is indexed once, wherever its run's other objects
+    are (SQLAlchemy interleaves runs: subquery and immediate loaders, yield_per with eager
+    loads, objects put back into a session)."""
+    mapping: dict[Any, InstanceState[Any]] = identity_map._dict
+    values: Iterable[InstanceState[Any]] = mapping.values()
+    newest, size = _indexed.get(identity_map, (None, 0))
+    if newest is not None and mapping.get(newest.key) is not newest:
+        newest = None  # gone (garbage-collected, expunged): index the whole map again
+    try:
+        new = _since_newest(reversed(values), newest)  # type: ignore[call-overload]
+    except RuntimeError:  # the garbage collector freed an object meanwhile: walk a copy
+        new = _since_newest(reversed(list(values)), newest)
+    if newest is not None and len(new) < len(mapping) - size:
+        # Fewer new objects than the map grew by: the newest indexed one was taken out and put
+        # back at the end meanwhile (expunge and add). Index the whole map again.
+        new = _since_newest(reversed(list(values)), None)
+    if not new:
+        return
+    _indexed[identity_map] = (new[0], len(mapping))
+    since = _since
+    for state in reversed(new):  # oldest first: row order within each run
+        run = _query_run(state)
+        if run is not None and run >= since:
+            _join_run(state, run)
+
+
+def _since_newest(
+    states: Iterator[InstanceState[Any]], newest: InstanceState[Any] | None
+) -> list[InstanceState[Any]]:
+    new = []
+    for state in states:
+        if state is newest:
+            break
+        new.append(state)
+    return new
+
+
+def run_cohort(state: InstanceState[Any], identity_map: IdentityMap) -> Cohort | None:
+    """The cohort of ``state``: the objects of the query run that loaded it, indexed from the
+    identity map of its session when a lazy load needs it, or recorded by the instance events
+    (:func:`ormtune.querylog.track_cohorts`). None for an object no query loaded, or one loaded
+    before :func:`track_run_cohorts` (its refreshes may not have been noted)."""
+    cohort: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
+    if cohort is not None and _recorded(cohort):
+        return cohort
+    run = query_run_of(state)
+    if run is None or run < _since:
+        return None
+    _index(identity_map)
+    return _join_run(state, run)
 
 
 def form_cohort(states: list[InstanceState[Any]], *, replace: bool = True) -> Cohort:
     """Make ``states`` the rows of one new query run and one cohort, as if one query had loaded
     them (a cache hit's objects, the chunks of one batch load). With ``replace=False``, an
-    object whose cohort the instance events recorded keeps it."""
+    object whose cohort the instance events keep stays in it."""
     run = share_new_run(states)
-    cohort = Cohort(run)
+    cohort = _by_run[run] = Cohort(run)
     refs = cohort._refs
     for state in states:
         refs.append(state.obj)
-        if replace:
+        if replace or not _recorded(state.__dict__.get(_STATE_ATTRIBUTE)):
             state.__dict__[_STATE_ATTRIBUTE] = cohort
-        else:
-            _adopt(state, cohort)
     return cohort
 
 
