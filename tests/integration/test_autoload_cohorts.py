@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import Engine, ForeignKey, create_engine, insert, inspect, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    column_property,
+    mapped_column,
+    relationship,
+)
 
 import ormtune
 from ormtune.batchload import autoload
@@ -180,12 +187,15 @@ def test_the_chunks_of_one_batch_are_one_cohort(engine: Engine) -> None:
         treated, children = walk(session)
         cohorts = {id(cohort_of(inspect(child))) for child in children}
         runs = {inspect(child).runid for child in children}
+        members = len(cohort_of(inspect(children[0])) or ())
     assert treated == control
-    # The children came in four chunk queries (three roots each); they are one cohort, whose
-    # grandchildren came in one batch of seven chunks (twenty children, three keys each).
+    # The children came in four chunk queries (three roots each), four runs; they are one
+    # cohort, whose grandchildren came in one batch of seven chunks (twenty children, three
+    # keys each).
     assert len(children) == 2 * PARENTS
+    assert len(runs) == 4
     assert len(cohorts) == 1
-    assert len(runs) == 1
+    assert members == len(children)
     assert log.count == 1 + 4 + 7
 
 
@@ -274,3 +284,121 @@ def test_an_object_put_back_into_the_session_does_not_split_a_cohort(engine: Eng
         control = books_of(list(session.scalars(select(Author).order_by(Author.id))))
     assert treated == control
     assert log.count == 1
+
+
+class _Eager(DeclarativeBase):
+    pass
+
+
+class _Owner(_Eager):
+    __tablename__ = "ac_owners"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pets: Mapped[list[_Pet]] = relationship(lazy="immediate", order_by="_Pet.id")
+
+
+class _Pet(_Eager):
+    __tablename__ = "ac_pets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("ac_owners.id"))
+    vet_id: Mapped[int] = mapped_column(ForeignKey("ac_vets.id"))
+    vet: Mapped[_Vet] = relationship()
+    toys: Mapped[list[_PetToy]] = relationship(order_by="_PetToy.id")
+
+
+class _Vet(_Eager):
+    __tablename__ = "ac_vets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class _Keeper(_Eager):
+    # The owners again, with their pets loaded by the mapping's selectinload.
+    __table__ = _Owner.__table__
+    id: Mapped[int] = column_property(_Owner.__table__.c.id)
+    pets: Mapped[list[_Pet]] = relationship(lazy="selectin", order_by="_Pet.id", viewonly=True)
+
+
+class _PetToy(_Eager):
+    __tablename__ = "ac_pet_toys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pet_id: Mapped[int] = mapped_column(ForeignKey("ac_pets.id"))
+
+
+@pytest.fixture
+def immediate(engine: Engine) -> Iterator[Engine]:
+    _Eager.metadata.drop_all(engine)
+    _Eager.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(insert(_Owner), [{"id": i} for i in range(1, PARENTS + 1)])
+        connection.execute(insert(_Vet), [{"id": i} for i in range(1, 4)])
+        pets = [
+            {"id": 2 * i + j, "owner_id": i, "vet_id": 1 + (i + j) % 3}
+            for i in range(1, PARENTS + 1)
+            for j in range(2)
+        ]
+        connection.execute(insert(_Pet), pets)
+        connection.execute(insert(_PetToy), [{"id": p["id"], "pet_id": p["id"]} for p in pets])
+    yield engine
+    _Eager.metadata.drop_all(engine)
+
+
+def test_the_lazy_loads_of_an_immediate_relationship_are_one_cohort(immediate: Engine) -> None:
+    # lazy="immediate" loads each owner's pets with a query of its own: twenty pets in ten
+    # runs, which the level below must still batch as one query's rows.
+    def walk(session: Session) -> list[Any]:
+        owners = session.scalars(select(_Owner).order_by(_Owner.id)).all()
+        # The session's next query ends the immediate loads: its rows are not their peers.
+        kept = session.scalars(select(_Vet).where(_Vet.id == 1)).all()
+        with ormtune.capture(immediate) as log:
+            graph = [
+                (o.id, [(p.id, p.vet.id, [t.id for t in p.toys]) for p in o.pets]) for o in owners
+            ]
+        assert len(kept) == 1
+        return [graph, log.count, [pet for owner in owners for pet in owner.pets]]
+
+    with Session(immediate) as session:
+        control, plain, _ = walk(session)
+    with Session(immediate) as session, autoload():
+        treated, batched, pets = walk(session)
+        cohorts = {cohort_of(inspect(pet)) for pet in pets}
+    assert treated == control
+    assert plain == 2 + 2 * PARENTS  # vets 2 and 3, then each pet's toys
+    assert batched == 2  # the vets and the toys, one batch each
+    assert len(cohorts) == 1
+    assert [len(cohort or ()) for cohort in cohorts] == [2 * PARENTS]
+
+
+MANY = 1_200  # selectinload's chunks: 500, 500 and 200 parents
+
+
+@pytest.fixture
+def many_owners(engine: Engine) -> Iterator[Engine]:
+    _Eager.metadata.drop_all(engine)
+    _Eager.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(insert(_Owner), [{"id": i} for i in range(1, MANY + 1)])
+        connection.execute(insert(_Vet), [{"id": 1}])
+        rows = [{"id": i, "owner_id": i, "vet_id": 1} for i in range(1, MANY + 1)]
+        connection.execute(insert(_Pet), rows)
+        connection.execute(insert(_PetToy), [{"id": i, "pet_id": i} for i in range(1, MANY + 1)])
+    yield engine
+    _Eager.metadata.drop_all(engine)
+
+
+def test_the_chunks_of_a_selectin_relationship_are_one_cohort(many_owners: Engine) -> None:
+    def walk(session: Session) -> list[Any]:
+        keepers = session.scalars(select(_Keeper).order_by(_Keeper.id)).all()
+        with ormtune.capture(many_owners) as log:
+            graph = [(k.id, [(p.id, [t.id for t in p.toys]) for p in k.pets]) for k in keepers]
+        return [graph, log.count, [pet for keeper in keepers for pet in keeper.pets]]
+
+    with Session(many_owners) as session:
+        control, plain, _ = walk(session)
+    with Session(many_owners) as session, autoload(chunk_size=1_000):
+        treated, batched, pets = walk(session)
+        cohorts = {cohort_of(inspect(pet)) for pet in pets}
+    assert treated == control
+    assert plain == MANY
+    # One batch of the 1,200 pets' toys, in chunks of 1,000: not one batch per selectinload
+    # chunk (500, 500 and 200 pets: three queries).
+    assert batched == 2
+    assert [len(cohort or ()) for cohort in cohorts] == [MANY]

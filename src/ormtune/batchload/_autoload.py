@@ -21,9 +21,12 @@ from ormtune.batchload._options import (
 from ormtune.querylog import (
     Registration,
     SharedHooks,
+    end_post_loads,
     lazy_load_of,
     lazy_loads_only,
+    note_post_load,
     note_refresh_load,
+    post_loads_running,
     track_run_cohorts,
     untrack_run_cohorts,
 )
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Autoload", "autoload", "autoload_option", "autoloading"]
 
+# The execution option SQLAlchemy's post-loaders (selectinload, immediateload) give the queries
+# they run: the top-level query they load for.
+_POST_LOADER_OPTION = "sa_top_level_orm_context"
 # Loader styles that are a plain lazy SELECT; every other style is left alone.
 _LAZY_SELECT = ("select", True)
 
@@ -65,6 +71,17 @@ _scopes: tuple[_Scope, ...] = ()  # copy-on-write; read without the lock
 def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     if not orm_state.is_select:
         return None
+    top_level_query = orm_state.execution_options.get(_POST_LOADER_OPTION)
+    if top_level_query is not None:
+        # A query a post-loader runs for the query that loaded the parents: a chunk of
+        # selectinload's, or immediateload's lazy load (its own: an explicit loader option,
+        # with its own recursion, never batched). What one path's queries load is one cohort,
+        # as if one query had loaded it.
+        path = (getattr(top_level_query, "runid", None), orm_state.loader_strategy_path)
+        note_post_load(orm_state.session.identity_map, path)
+        return None
+    if post_loads_running():
+        end_post_loads(orm_state.session.identity_map)
     lazy = lazy_load_of(orm_state)
     if lazy is None:
         # An object refreshed on its own (expired by commit(), say) stays in its query's run.
@@ -73,8 +90,6 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     prop = lazy.relationship
     if prop.lazy not in _LAZY_SELECT or prop.key in lazy.state.callables:
         return None  # another loader style, or an explicit per-object loader option
-    if lazy.by_eager_loader:
-        return None  # immediateload's own: an explicit loader option, with its own recursion
     allowed, option_settings = autoload_settings(lazy.state.load_options)
     if not allowed:
         return None  # loaded with explicit loader options: left alone

@@ -37,8 +37,11 @@ from ormtune.querylog._lifecycle import Registration, SharedHooks
 from ormtune.querylog._log import QueryGroup, QueryLog
 from ormtune.querylog._ormhooks import acts_on_lazy_loads_only, lazy_loads_only
 from ormtune.querylog._run_cohorts import (
+    end_post_loads,
     form_cohort,
     join_runs_since,
+    note_post_load,
+    post_loads_running,
     run_cohort,
     run_mark,
     track_run_cohorts,
@@ -79,6 +82,7 @@ __all__ = [
     "capture",
     "cohort_of",
     "emit",
+    "end_post_loads",
     "find_callsite",
     "fingerprint",
     "form_cohort",
@@ -89,10 +93,12 @@ __all__ = [
     "lazy_load_target",
     "lazy_loads_only",
     "listening",
+    "note_post_load",
     "note_refresh",
     "note_refresh_load",
     "observe",
     "observe_signals",
+    "post_loads_running",
     "query_run_of",
     "redact",
     "run_cohort",

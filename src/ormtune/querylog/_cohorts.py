@@ -73,10 +73,12 @@ class Cohort:
     left it.
     """
 
-    __slots__ = ("__weakref__", "_refs", "lock", "notes", "run")
+    __slots__ = ("__weakref__", "_refs", "lock", "notes", "parts", "run")
 
-    def __init__(self, run: int | None = None) -> None:
+    def __init__(self, run: int | None = None, parts: Iterable[int] = ()) -> None:
         self.run = run
+        # The runs this one stands for, when it joins several (the chunks of one batch load).
+        self.parts = frozenset(parts)
         # Each member state's own weak reference to its object: nothing new per member.
         self._refs: list[Callable[[], object]] = []
         # Per-cohort scratch space for the features that reason about it (keyed by feature).
@@ -91,13 +93,17 @@ class Cohort:
         """Members still alive (object not garbage-collected) that still belong to this cohort,
         in row order (a list: an autoload batch reads them all at once)."""
         alive = []
-        run = self.run
+        run, parts = self.run, self.parts
         for ref in self._refs:
             obj = ref()
             if obj is not None:
                 state = instance_state(obj)
                 if state.__dict__.get(_STATE_ATTRIBUTE) is self and (
-                    run is None or state.runid == run or query_run_of(state) == run
+                    run is None
+                    or state.runid == run
+                    or state.runid in parts
+                    or (refreshed := query_run_of(state)) == run
+                    or refreshed in parts
                 ):
                     alive.append(state)
         return alive

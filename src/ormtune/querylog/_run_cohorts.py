@@ -15,8 +15,9 @@ Three kinds of rows change run without being added to the map, and are recorded 
 
 * the objects a ``populate_existing`` query refreshes were in the map before it ran: the
   ``refresh`` event (which fires only for refreshes) puts them in the query's run;
-* the chunks of one batch load (500 keys each) are queries of their own: the batch makes their
-  new objects one run and one cohort when it ends (:func:`join_runs_since`);
+* the chunks of one batch load (500 keys each) are queries of their own: when the batch ends,
+  their runs are noted as parts of one (:func:`join_runs_since`), whose cohort their objects
+  join when they are indexed;
 * a cache hit's objects: the cache makes them one (:func:`form_cohort`).
 
 An object expired by ``commit()`` and refreshed on its own gets a run of its own from that
@@ -51,8 +52,11 @@ if TYPE_CHECKING:
     from sqlalchemy.orm.state import InstanceState
 
 __all__ = [
+    "end_post_loads",
     "form_cohort",
     "join_runs_since",
+    "note_post_load",
+    "post_loads_running",
     "run_cohort",
     "run_mark",
     "track_run_cohorts",
@@ -66,6 +70,9 @@ _by_run: weakref.WeakValueDictionary[int, Cohort] = weakref.WeakValueDictionary(
 _indexed: weakref.WeakKeyDictionary[IdentityMap, tuple[InstanceState[Any], int]] = (
     weakref.WeakKeyDictionary()
 )
+# Per identity map, runs that are parts of a larger one (the chunks of one batch load), each
+# mapped to the cohort of the whole; held here until the map is next indexed.
+_parts: weakref.WeakKeyDictionary[IdentityMap, dict[int, Cohort]] = weakref.WeakKeyDictionary()
 
 
 def _note_populated(state: InstanceState[Any], context: object, attrs: object) -> None:
@@ -129,7 +136,7 @@ def _join_run(state: InstanceState[Any], run: int) -> Cohort:
     """Put ``state`` in the cohort of ``run`` (made if need be), unless it is there already or
     in a cohort the instance events keep."""
     kept: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
-    if kept is not None and (kept.run == run or _recorded(kept)):
+    if kept is not None and (kept.run == run or run in kept.parts or _recorded(kept)):
         return kept
     cohort = _by_run.get(run)
     if cohort is None:
@@ -158,6 +165,7 @@ def _index(identity_map: IdentityMap) -> None:
         # Fewer new objects than the map grew by: the newest indexed one was taken out and put
         # back at the end meanwhile (expunge and add). Index the whole map again.
         new = _since_newest(reversed(list(values)), None)
+    parts = _parts.pop(identity_map, None)
     if not new:
         return
     _indexed[identity_map] = (new[0], len(mapping))
@@ -165,7 +173,18 @@ def _index(identity_map: IdentityMap) -> None:
     for state in reversed(new):  # oldest first: row order within each run
         run = _query_run(state)
         if run is not None and run >= since:
-            _join_run(state, run)
+            if parts is not None and run in parts:
+                _join_whole(state, parts[run])
+            else:
+                _join_run(state, run)
+
+
+def _join_whole(state: InstanceState[Any], whole: Cohort) -> None:
+    # _join_run() for a run that is part of a larger one.
+    kept: Cohort | None = state.__dict__.get(_STATE_ATTRIBUTE)
+    if kept is not whole and not _recorded(kept):
+        whole._refs.append(state.obj)
+        state.__dict__[_STATE_ATTRIBUTE] = whole
 
 
 def _since_newest(
@@ -190,21 +209,25 @@ def run_cohort(state: InstanceState[Any], identity_map: IdentityMap) -> Cohort |
     run = query_run_of(state)
     if run is None or run < _since:
         return None
+    parts = _parts.get(identity_map)
+    whole = None if parts is None else parts.get(run)
     _index(identity_map)
+    if whole is not None:
+        _join_whole(state, whole)
+        found: Cohort = state.__dict__[_STATE_ATTRIBUTE]
+        return found
     return _join_run(state, run)
 
 
-def form_cohort(states: list[InstanceState[Any]], *, replace: bool = True) -> Cohort:
+def form_cohort(states: list[InstanceState[Any]]) -> Cohort:
     """Make ``states`` the rows of one new query run and one cohort, as if one query had loaded
-    them (a cache hit's objects, the chunks of one batch load). With ``replace=False``, an
-    object whose cohort the instance events keep stays in it."""
+    them (a cache hit's objects)."""
     run = share_new_run(states)
     cohort = _by_run[run] = Cohort(run)
     refs = cohort._refs
     for state in states:
         refs.append(state.obj)
-        if replace or not _recorded(state.__dict__.get(_STATE_ATTRIBUTE)):
-            state.__dict__[_STATE_ATTRIBUTE] = cohort
+        state.__dict__[_STATE_ATTRIBUTE] = cohort
     return cohort
 
 
@@ -215,34 +238,85 @@ def run_mark() -> int:
 
 
 def join_runs_since(mark: int, identity_map: IdentityMap) -> None:
-    """Make the objects that the queries run since ``mark`` (from :func:`run_mark`) added to
-    the session one run and one cohort, if more than one query ran (one query is one run
-    already): the chunks of one batch load are one cohort, as those of one ``selectinload``
-    are. The session's queries since ``mark`` must have been run by the caller."""
+    """Make the queries run since ``mark`` (from :func:`run_mark`) one run, for the objects they
+    added to ``identity_map``, if more than one query ran (one query is one run already): the
+    chunks of one batch load are one cohort, as those of one ``selectinload`` are. Costs one
+    step per run, not per object: the objects join the whole's cohort when the map is next
+    indexed. The session's queries since ``mark`` must have been run by the caller; other
+    sessions' runs in between never reach this map."""
     end = run_mark()
     if end - mark <= 2:
-        return  # at most one run in between (other threads' queries take run ids too)
+        return  # at most one run in between
+    _note_parts(identity_map, range(mark + 1, end), end)
+
+
+# -- the queries an eager loader runs for one path, as one run ----------------------------
+#
+# SQLAlchemy's post-loaders run queries of their own after the parents' query: ``selectinload``
+# one per 500 parents, ``lazy="immediate"`` (or ``immediateload()``) one lazy load per parent.
+# Each is a run of its own, so without this the level below would be one cohort per chunk or
+# per parent. SQLAlchemy runs one path's queries one after another, before anything else of the
+# session's (post-loads further down wait for the path to end), so the runs a session's
+# identity map gains from the first query of a path to its next other query are that path's:
+# noted as parts of one run when that query comes.
+
+# Per identity map, the path whose post-load queries are running: its key and first run mark.
+_post_loads: weakref.WeakKeyDictionary[IdentityMap, tuple[object, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def note_post_load(identity_map: IdentityMap, path: object) -> None:
+    """Called by a ``do_orm_execute`` hook before a query that a post-loader runs for ``path``
+    (any hashable key of the top-level query and the path): the queries of one path become one
+    run (see :func:`end_post_loads`)."""
+    running = _post_loads.get(identity_map)
+    if running is not None and running[0] == path:
+        return
+    if running is not None:
+        end_post_loads(identity_map)
+    _post_loads[identity_map] = (path, run_mark())
+
+
+def post_loads_running() -> bool:
+    """Whether any session may have post-load queries to end (cheap; asked for every query)."""
+    return bool(_post_loads)
+
+
+def end_post_loads(identity_map: IdentityMap) -> None:
+    """Called by a ``do_orm_execute`` hook before any other query of the session: the runs of
+    the post-load queries since :func:`note_post_load` become parts of one."""
+    running = _post_loads.pop(identity_map, None)
+    if running is None:
+        return
+    mark, end = running[1], run_mark()
     values: Iterable[InstanceState[Any]] = identity_map._dict.values()
     try:
-        found = _runs_between(reversed(values), mark, end)  # type: ignore[call-overload]
-    except RuntimeError:
-        found = _runs_between(reversed(list(values)), mark, end)
-    if found:
-        found.reverse()
-        # Rows the instance events saw are one cohort already (the batch shares one then).
-        form_cohort(found, replace=False)
+        runs = _runs_between(reversed(values), mark, end)  # type: ignore[call-overload]
+    except RuntimeError:  # the garbage collector freed an object meanwhile: walk a copy
+        runs = _runs_between(reversed(list(values)), mark, end)
+    if len(runs) > 1:
+        _note_parts(identity_map, runs, end)
 
 
-def _runs_between(
-    states: Iterator[InstanceState[Any]], mark: int, end: int
-) -> list[InstanceState[Any]]:
-    found = []
+def _runs_between(states: Iterator[InstanceState[Any]], mark: int, end: int) -> set[int]:
+    # The runs between mark and end among the newest objects of the map (those loaded since).
+    found = set()
     for state in states:
         runid = state.runid
         if runid is None:
-            continue
+            continue  # flushed, not loaded
         if runid < mark:
             break
         if runid < end:
-            found.append(state)
+            found.add(runid)
     return found
+
+
+def _note_parts(identity_map: IdentityMap, runs: Iterable[int], end: int) -> None:
+    whole = Cohort(end, runs)  # end: a run id no query has
+    parts = _parts.get(identity_map)
+    if parts is None:
+        parts = _parts[identity_map] = {}
+    for run in whole.parts:
+        parts[run] = whole
