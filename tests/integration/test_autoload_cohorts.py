@@ -28,7 +28,7 @@ from sqlalchemy.orm import (
 
 import ormtune
 from ormtune.batchload import autoload
-from ormtune.querylog import cohort_of
+from ormtune.querylog import _run_cohorts, cohort_of
 from tests.batchload_models import Author, Base, Book, Node, insert_all
 from tests.conftest import BACKENDS, Backend
 
@@ -321,6 +321,23 @@ class _PetToy(_Eager):
     __tablename__ = "ac_pet_toys"
     id: Mapped[int] = mapped_column(primary_key=True)
     pet_id: Mapped[int] = mapped_column(ForeignKey("ac_pets.id"))
+    pet: Mapped[_Pet] = relationship(viewonly=True)
+
+
+class _IPet(_Eager):
+    # The pets again, with their toys loaded by the mapping's immediate loads.
+    __table__ = _Pet.__table__
+    id: Mapped[int] = column_property(_Pet.__table__.c.id)
+    toys: Mapped[list[_PetToy]] = relationship(
+        lazy="immediate", order_by="_PetToy.id", viewonly=True
+    )
+
+
+class _Home(_Eager):
+    # The owners again, with their pets (of the class above) lazily loaded.
+    __table__ = _Owner.__table__
+    id: Mapped[int] = column_property(_Owner.__table__.c.id)
+    pets: Mapped[list[_IPet]] = relationship(order_by="_IPet.id", viewonly=True)
 
 
 @pytest.fixture
@@ -402,3 +419,57 @@ def test_the_chunks_of_a_selectin_relationship_are_one_cohort(many_owners: Engin
     # chunk (500, 500 and 200 pets: three queries).
     assert batched == 2
     assert [len(cohort or ()) for cohort in cohorts] == [MANY]
+
+
+def test_the_immediate_loads_inside_a_chunked_batch_are_the_batch_s(immediate: Engine) -> None:
+    # A batch of the homes' pets in four chunks; each chunk's pets immediately load their
+    # toys. The toys are one cohort, whose pets come in one batch.
+    def walk(session: Session) -> list[Any]:
+        homes = session.scalars(select(_Home).order_by(_Home.id)).all()
+        pets = [pet for home in homes for pet in home.pets]
+        with ormtune.capture(immediate) as log:
+            graph = [(p.id, [(t.id, t.pet.id) for t in p.toys]) for p in pets]
+        return [graph, log.count, [toy for pet in pets for toy in pet.toys]]
+
+    with Session(immediate) as session:
+        control, plain, _ = walk(session)
+    with Session(immediate) as session, autoload(_Home.pets, chunk_size=3), autoload():
+        treated, batched, toys = walk(session)
+        cohorts = {cohort_of(inspect(toy)) for toy in toys}
+    assert treated == control
+    assert plain == 2 * PARENTS
+    assert batched == 1
+    assert len(cohorts) == 1
+
+
+def test_objects_an_insert_returns_are_not_peers_of_immediate_loads(immediate: Engine) -> None:
+    with Session(immediate) as session, autoload():
+        owners = session.scalars(select(_Owner).order_by(_Owner.id)).all()
+        rows = [{"id": 1_000 + i, "owner_id": 1, "vet_id": 1} for i in range(3)]
+        inserted = session.scalars(insert(_Pet).returning(_Pet), rows).all()
+        with ormtune.capture(immediate) as log:
+            treated = [(p.id, [t.id for t in p.toys]) for o in owners for p in o.pets]
+        cohort = cohort_of(inspect(owners[0].pets[0]))
+        assert cohort is not None
+        assert len(cohort) == 2 * PARENTS
+        assert not {cohort_of(inspect(pet)) for pet in inserted} & {cohort}
+        session.rollback()
+    with Session(immediate) as session:
+        owners = session.scalars(select(_Owner).order_by(_Owner.id)).all()
+        control = [(p.id, [t.id for t in p.toys]) for o in owners for p in o.pets]
+    assert treated == control
+    assert log.count == 1
+
+
+def test_a_long_session_of_immediate_loads_keeps_nothing_per_query(immediate: Engine) -> None:
+    with Session(immediate) as session, autoload():
+        for i in range(50):
+            keys = [1 + i % PARENTS, 1 + (i + 1) % PARENTS]
+            owners = session.scalars(select(_Owner).where(_Owner.id.in_(keys))).all()
+        owners = []  # all gone: the next query loads both owners' pets
+        owners = session.scalars(select(_Owner).where(_Owner.id.in_([3, 7]))).all()
+        pets = [pet for owner in owners for pet in owner.pets]
+        session.scalars(select(_Vet)).all()  # the next query ends the last immediate loads
+        assert _run_cohorts._parts.get(session.identity_map) is None
+        assert session.identity_map not in _run_cohorts._post_loads
+        assert len(cohort_of(inspect(pets[0])) or ()) == len(pets) == 4

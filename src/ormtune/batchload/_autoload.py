@@ -69,19 +69,20 @@ _scopes: tuple[_Scope, ...] = ()  # copy-on-write; read without the lock
 
 
 def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
-    if not orm_state.is_select:
-        return None
     top_level_query = orm_state.execution_options.get(_POST_LOADER_OPTION)
-    if top_level_query is not None:
+    path = orm_state.loader_strategy_path if top_level_query is not None else None
+    if path is not None and orm_state.is_select:
         # A query a post-loader runs for the query that loaded the parents: a chunk of
         # selectinload's, or immediateload's lazy load (its own: an explicit loader option,
         # with its own recursion, never batched). What one path's queries load is one cohort,
         # as if one query had loaded it.
-        path = (getattr(top_level_query, "runid", None), orm_state.loader_strategy_path)
-        note_post_load(orm_state.session.identity_map, path)
+        key = (getattr(top_level_query, "runid", None), path)
+        note_post_load(orm_state.session.identity_map, key, path.path)
         return None
     if post_loads_running():
         end_post_loads(orm_state.session.identity_map)
+    if not orm_state.is_select:
+        return None
     lazy = lazy_load_of(orm_state)
     if lazy is None:
         # An object refreshed on its own (expired by commit(), say) stays in its query's run.

@@ -245,6 +245,11 @@ def join_runs_since(mark: int, identity_map: IdentityMap) -> None:
     indexed. The session's queries since ``mark`` must have been run by the caller; other
     sessions' runs in between never reach this map."""
     end = run_mark()
+    running = _post_loads.get(identity_map)
+    if running is not None and running[2] > mark:
+        # Post-loads of the batch's own queries (its chunks' immediate loads): their objects
+        # are the batch's, below.
+        del _post_loads[identity_map]
     if end - mark <= 2:
         return  # at most one run in between
     _note_parts(identity_map, range(mark + 1, end), end)
@@ -256,26 +261,29 @@ def join_runs_since(mark: int, identity_map: IdentityMap) -> None:
 # one per 500 parents, ``lazy="immediate"`` (or ``immediateload()``) one lazy load per parent.
 # Each is a run of its own, so without this the level below would be one cohort per chunk or
 # per parent. SQLAlchemy runs one path's queries one after another, before anything else of the
-# session's (post-loads further down wait for the path to end), so the runs a session's
-# identity map gains from the first query of a path to its next other query are that path's:
-# noted as parts of one run when that query comes.
+# session's (post-loads further down wait for the path to end), so the objects that a session's
+# identity map gains from the first query of a path to its next other execution, with a run in
+# between and loaded along that path, are that path's: made one cohort when that execution
+# comes.
 
-# Per identity map, the path whose post-load queries are running: its key and first run mark.
-_post_loads: weakref.WeakKeyDictionary[IdentityMap, tuple[object, int]] = (
+# Per identity map, the path whose post-load queries are running: its key, the loader path the
+# objects are loaded along (a tuple of mappers and relationships), and the first run mark.
+_post_loads: weakref.WeakKeyDictionary[IdentityMap, tuple[object, tuple[Any, ...], int]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def note_post_load(identity_map: IdentityMap, path: object) -> None:
-    """Called by a ``do_orm_execute`` hook before a query that a post-loader runs for ``path``
-    (any hashable key of the top-level query and the path): the queries of one path become one
-    run (see :func:`end_post_loads`)."""
+def note_post_load(identity_map: IdentityMap, key: object, path: tuple[Any, ...]) -> None:
+    """Called by a ``do_orm_execute`` hook before a query that a post-loader runs: ``key`` tells
+    one top-level query's path from another (any hashable value), ``path`` is the loader path
+    (``ORMExecuteState.loader_strategy_path.path``). The queries of one path become one run
+    (see :func:`end_post_loads`)."""
     running = _post_loads.get(identity_map)
-    if running is not None and running[0] == path:
+    if running is not None and running[0] == key:
         return
     if running is not None:
         end_post_loads(identity_map)
-    _post_loads[identity_map] = (path, run_mark())
+    _post_loads[identity_map] = (key, path, run_mark())
 
 
 def post_loads_running() -> bool:
@@ -284,32 +292,41 @@ def post_loads_running() -> bool:
 
 
 def end_post_loads(identity_map: IdentityMap) -> None:
-    """Called by a ``do_orm_execute`` hook before any other query of the session: the runs of
-    the post-load queries since :func:`note_post_load` become parts of one."""
+    """Called by a ``do_orm_execute`` hook before any other execution of the session: the
+    objects the post-load queries since :func:`note_post_load` loaded become one cohort."""
     running = _post_loads.pop(identity_map, None)
     if running is None:
         return
-    mark, end = running[1], run_mark()
+    _, path, mark = running
+    end = run_mark()
     values: Iterable[InstanceState[Any]] = identity_map._dict.values()
     try:
-        runs = _runs_between(reversed(values), mark, end)  # type: ignore[call-overload]
+        found = _loaded_along(reversed(values), path, mark, end)  # type: ignore[call-overload]
     except RuntimeError:  # the garbage collector freed an object meanwhile: walk a copy
-        runs = _runs_between(reversed(list(values)), mark, end)
-    if len(runs) > 1:
-        _note_parts(identity_map, runs, end)
+        found = _loaded_along(reversed(list(values)), path, mark, end)
+    runs = {run for state in found if (run := state.runid) is not None}
+    if len(runs) < 2:
+        return  # one query: one run already
+    whole = Cohort(end, runs)  # end: a run id no query has
+    for state in reversed(found):  # oldest first: row order
+        _join_whole(state, whole)
 
 
-def _runs_between(states: Iterator[InstanceState[Any]], mark: int, end: int) -> set[int]:
-    # The runs between mark and end among the newest objects of the map (those loaded since).
-    found = set()
+def _loaded_along(
+    states: Iterator[InstanceState[Any]], path: tuple[Any, ...], mark: int, end: int
+) -> list[InstanceState[Any]]:
+    # The newest objects of the map with a run between mark and end, loaded along path (not,
+    # say, put into the session from another one meanwhile).
+    found = []
+    length = len(path)
     for state in states:
         runid = state.runid
         if runid is None:
             continue  # flushed, not loaded
         if runid < mark:
             break
-        if runid < end:
-            found.add(runid)
+        if runid < end and state.load_path.path[:length] == path:
+            found.append(state)
     return found
 
 
