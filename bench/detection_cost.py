@@ -30,7 +30,6 @@ add one mechanism at a time:
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _harness
-from autoload import naive_loop, seed
+from autoload import naive_loop, quiet_findings, seed
 
 from ormtune.nplusone import detect, install
 from ormtune.querylog import (
@@ -115,9 +114,7 @@ def _set_up(stage: str) -> bool:
 
 
 def _inner(stage: str, users: int, runs: int) -> None:
-    quiet = logging.getLogger("ormtune.nplusone")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    quiet_findings()
     engine = create_engine("sqlite://")
     seed(engine, 100)
     block = _set_up(stage)

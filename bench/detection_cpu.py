@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlalchemy.orm import selectinload
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _harness
-from autoload import User, naive_loop, seed
+from autoload import User, naive_loop, quiet_findings, seed
 
 from ormtune.nplusone import detect, install
 
@@ -59,9 +58,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=USERS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args()
-    quiet = logging.getLogger("ormtune.nplusone")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    quiet_findings()
     with _database(args.postgres) as url:
         engine = create_engine(url)
         seed(engine, args.users)
