@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, insert, select, text
-from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, lazyload, relationship, selectinload
-from sqlalchemy.orm.exc import DetachedInstanceError
 
 import ormtune
 from ormtune.batchload import autoload, autoload_option, autoloading
@@ -299,126 +298,6 @@ def test_autoflush_sees_pending_changes(seeded: tuple[Engine, int]) -> None:
         data = [(a.id, sorted(b.id for b in a.books)) for a in authors]
         session.rollback()
         return data, []
-
-    compare(engine, walk)
-
-
-def test_a_row_written_later_in_the_loop(seeded: tuple[Engine, int]) -> None:
-    # The batch reads every author's books at the first lazy load; the book added for the last
-    # author reaches plain lazy loading through a later autoflush, and must reach autoload too.
-    engine, n = seeded
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        data = []
-        for i, author in enumerate(authors):
-            data.append((author.id, sorted(b.id for b in author.books)))
-            if i == 0:  # for the last author, whose books the loop has not read yet
-                session.add(Book(id=999_997, title="added", author_id=authors[-1].id))
-        session.rollback()
-        return data, []
-
-    control, treated = compare(engine, walk)
-    if n == 1:
-        assert (control, treated) == (2, 2)  # read before the add, never flushed
-        return
-    # Plain: the authors, a lazy load each and the insert (flushed at the second one). Autoload:
-    # the batch, the insert, then a lazy load for each later author (the books were written).
-    assert (control, treated) == (n + 2, 1 + batched(n) + 1 + (n - 1))
-
-
-def test_a_statement_run_through_the_session_counts_as_a_write(seeded: tuple[Engine, int]) -> None:
-    engine, _ = seeded
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        data = []
-        for i, author in enumerate(authors):
-            data.append((author.id, sorted(b.id for b in author.books)))
-            if i == 0:  # no flush: a statement of its own, for the last author
-                session.execute(
-                    text("INSERT INTO bl_books (id, title, author_id) VALUES (999994, 'x', :a)"),
-                    {"a": authors[-1].id},
-                )
-        session.rollback()
-        return data, []
-
-    compare(engine, walk)
-
-
-def test_writes_to_other_tables_keep_the_batch(seeded: tuple[Engine, int]) -> None:
-    # Each iteration changes the author, so every read of its books autoflushes an UPDATE,
-    # under autoload as under plain lazy loading; the books table is not written, so the
-    # batch's rows still stand.
-    engine, n = seeded
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        data = []
-        for author in authors:
-            author.name = f"{author.name}!"
-            data.append((author.id, author.name, [b.id for b in author.books]))
-        session.rollback()
-        return data, []
-
-    assert compare(engine, walk) == (1 + 2 * n, 1 + n + batched(n))
-
-
-def test_a_flush_error_surfaces_at_the_same_read(seeded: tuple[Engine, int]) -> None:
-    engine, _ = seeded
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        data: list[Any] = []
-        try:
-            for i, author in enumerate(authors):
-                data.append((author.id, [b.id for b in author.books]))
-                if i == 0:  # a book with no title (NOT NULL): the next autoflush fails
-                    session.add(Book(id=999_995, title=None, author_id=author.id))
-        except IntegrityError:
-            data.append(("failed at", len(data)))
-        session.rollback()
-        return data, []
-
-    compare(engine, walk)
-
-
-def test_a_commit_between_reads_lets_other_writes_in(seeded: tuple[Engine, int]) -> None:
-    # With expire_on_commit=False the objects survive the commit; the next transaction sees
-    # what another connection committed meanwhile, under plain lazy loading and autoload alike.
-    engine, n = seeded
-    if n == 1:
-        pytest.skip("one parent: no peers, nothing batched")
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        session.expire_on_commit = False
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        data = [(authors[0].id, [b.id for b in authors[0].books])]
-        session.commit()
-        with engine.begin() as other:
-            other.execute(insert(Book), [{"id": 999_996, "title": "x", "author_id": 2}])
-        try:
-            data += [(a.id, [b.id for b in a.books]) for a in authors[1:]]
-        finally:
-            with engine.begin() as other:
-                other.execute(delete(Book).where(Book.id == 999_996))
-        return data, []
-
-    compare(engine, walk)
-
-
-def test_a_member_pickled_before_it_is_read_stays_unloaded(seeded: tuple[Engine, int]) -> None:
-    engine, n = seeded
-
-    def walk(session: Session) -> tuple[Any, list[object]]:
-        authors = session.scalars(select(Author).order_by(Author.id)).all()
-        first = [b.id for b in authors[0].books]
-        copy = pickle.loads(pickle.dumps(authors[-1]))  # detached, books not read
-        try:
-            outcome: Any = [b.id for b in copy.books]
-        except DetachedInstanceError:
-            outcome = "detached"
-        return (first, outcome if n > 1 else "detached"), []
 
     compare(engine, walk)
 

@@ -10,7 +10,6 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty, Session
 from sqlalchemy.orm.decl_api import DeclarativeAttributeIntercept, DeclarativeMeta
 
-from ormtune.batchload._deferred import install_write_tracking, note_write, remove_write_tracking
 from ormtune.batchload._loader import batch_load
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
@@ -83,7 +82,6 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     if post_loads_running():
         end_post_loads(orm_state.session.identity_map)
     if not orm_state.is_select:
-        note_write(orm_state.session)  # what batches left unread is checked against it
         return None
     lazy = lazy_load_of(orm_state)
     if lazy is None:
@@ -115,7 +113,6 @@ def _on_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
 
 def _install() -> None:
     track_run_cohorts()
-    install_write_tracking()
     if not event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.listen(Session, "do_orm_execute", _on_orm_execute, retval=True)
 
@@ -123,7 +120,6 @@ def _install() -> None:
 def _remove() -> None:
     if event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.remove(Session, "do_orm_execute", _on_orm_execute)
-    remove_write_tracking()
     untrack_run_cohorts()
 
 

@@ -24,8 +24,6 @@ from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import ONETOMANY
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ormtune.batchload._deferred import Deferral
-
 if TYPE_CHECKING:
     from sqlalchemy import Select
     from sqlalchemy.orm import RelationshipProperty, Session
@@ -114,21 +112,18 @@ def load_directly(
     prop: RelationshipProperty[Any],
     plan: DirectPlan,
     members: list[InstanceState[Any]],
-    trigger: InstanceState[Any],
     options: list[Any],
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
 ) -> None:
     """Load ``prop`` for ``members`` with ``plan``'s statement, one query per ``chunk_size``
-    parents; commit the trigger's collection as ``selectinload`` does, and leave each other
-    parent its own until it is read (:class:`Deferral`)."""
+    parents, and commit each parent's collection as ``selectinload`` does."""
     statement = plan.statement.options(*options) if options else plan.statement
     width = plan.key_width
     key = prop.key
     uselist = prop.uselist
     empty: Any = () if uselist else None
-    deferral: Deferral | None = None  # made after the first query (it may autoflush)
     for start in range(0, len(members), chunk_size):
         chunk = members[start : start + chunk_size]
         identities = [member.key[1] for member in chunk if member.key is not None]
@@ -139,8 +134,6 @@ def load_directly(
             execution_options=execution_options,
             bind_arguments=bind_arguments,
         )
-        if deferral is None:
-            deferral = Deferral(prop, session)
         children: defaultdict[tuple[Any, ...], list[Any]] = defaultdict(list)
         for row in _rows(result):
             children[tuple(row[:width])].append(row[width])
@@ -160,7 +153,4 @@ def load_directly(
                         stacklevel=2,
                     )
                 found = found[0]
-            if member is trigger:
-                set_committed_value(obj, key, found)
-            else:
-                deferral.defer(member, found)
+            set_committed_value(obj, key, found)

@@ -21,7 +21,6 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import MANYTOONE, load_only, selectinload
 
-from ormtune.batchload._deferred import Deferral
 from ormtune.batchload._direct import direct_plan, load_directly
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sqlalchemy.engine import Result
-    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty, Session
+    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty
     from sqlalchemy.orm.state import InstanceState
 
     from ormtune.querylog import LazyLoad
@@ -157,26 +156,6 @@ def _reselect(
         ).all()
 
 
-def _defer_loaded(
-    session: Session, prop: RelationshipProperty[Any], members: list[InstanceState[Any]]
-) -> None:
-    """After a re-select (``selectinload`` commits every member's value): leave each member
-    but the trigger its value until it is read, as the direct batches do."""
-    key = prop.key
-    deferral = Deferral(prop, session)
-    for member in members[1:]:
-        value = member.dict.pop(key, _MISSING)
-        if value is _MISSING:
-            continue
-        if prop.uselist:
-            value._sa_adapter.invalidated = True  # as SQLAlchemy retires an expired collection
-            value = list(value)
-        deferral.defer(member, value)
-
-
-_MISSING = object()
-
-
 def _autoflushes(orm_state: ORMExecuteState) -> bool:
     return bool(getattr(orm_state.load_options, "_autoflush", True))
 
@@ -248,14 +227,12 @@ def batch_load(
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
         _reselect(orm_state, lazy, members, settings)
-        _defer_loaded(session, prop, members)
     elif plan is not None:
         load_directly(
             session,
             prop,
             plan,
             members,
-            lazy.state,
             _direct_options(lazy, settings),
             min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
             execution_options,
@@ -266,7 +243,6 @@ def batch_load(
         prop,
         targets,
         members,
-        lazy.state,
         _direct_options(lazy, settings),
         min(settings.chunk_size, _MAX_PARAMETERS // targets.key_width),
         execution_options,
@@ -275,7 +251,6 @@ def batch_load(
         if lone:
             return None  # nothing was loaded: the plain lazy load goes ahead
         _reselect(orm_state, lazy, members, settings)
-        _defer_loaded(session, prop, members)
     join_runs_since(mark, session.identity_map)  # the batch's chunks: one cohort
     if signals_wanted() and not lone:
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))

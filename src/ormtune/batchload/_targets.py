@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import MANYTOONE
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ormtune.batchload._deferred import Deferral
 from ormtune.batchload._direct import _rows, omitted_join_query
 
 if TYPE_CHECKING:
@@ -93,15 +92,13 @@ def load_targets(
     prop: RelationshipProperty[Any],
     plan: TargetPlan,
     members: list[InstanceState[Any]],
-    trigger: InstanceState[Any],
     options: list[Any],
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
 ) -> bool:
-    """Load ``prop`` for ``members`` with ``plan`` (the trigger's committed, each other
-    member's left until it is read); False (nothing done) when a member's foreign key is not
-    loaded, so the re-select must do it."""
+    """Load ``prop`` for ``members`` with ``plan``; False (nothing done) when a member's
+    foreign key is not loaded, so the re-select must do it."""
     by_key: dict[tuple[Any, ...], list[InstanceState[Any]]] = {}
     nulls: list[InstanceState[Any]] = []
     for member in members:
@@ -136,7 +133,6 @@ def load_targets(
         for row in _rows(result):
             found[tuple(row[:width])] = row[width]
     name = prop.key
-    deferral = Deferral(prop, session)
     for key, states in [*by_key.items(), ((None,), nulls)]:
         target = found.get(key)
         for member in states:
@@ -145,8 +141,5 @@ def load_targets(
                 continue  # gone, loaded meanwhile (never overwritten), or deleted by a flush
             if member.session_id != session.hash_key:
                 continue
-            if member is trigger:
-                set_committed_value(obj, name, target)
-            else:
-                deferral.defer(member, target)
+            set_committed_value(obj, name, target)
     return True
