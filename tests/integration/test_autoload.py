@@ -302,6 +302,29 @@ def test_autoflush_sees_pending_changes(seeded: tuple[Engine, int]) -> None:
     compare(engine, walk)
 
 
+@pytest.mark.xfail(
+    reason="known gap: a batch reads every peer's relationship at the first lazy load, so a row "
+    "the loop writes later reaches plain lazy loading's later autoflush only (README)",
+    strict=True,
+)
+def test_a_row_written_later_in_the_loop(seeded: tuple[Engine, int]) -> None:
+    engine, n = seeded
+    if n == 1:
+        pytest.skip("one parent: no peers, nothing batched")
+
+    def walk(session: Session) -> tuple[Any, list[object]]:
+        authors = session.scalars(select(Author).order_by(Author.id)).all()
+        data = []
+        for i, author in enumerate(authors):
+            data.append((author.id, sorted(b.id for b in author.books)))
+            if i == 0:  # for the last author, whose books the loop has not read yet
+                session.add(Book(id=999_997, title="added", author_id=authors[-1].id))
+        session.rollback()
+        return data, []
+
+    compare(engine, walk)
+
+
 def test_garbage_collected_members_are_not_loaded(seeded: tuple[Engine, int]) -> None:
     engine, n = seeded
     with Session(engine) as session, autoload():
