@@ -91,6 +91,8 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     prop = lazy.relationship
     if prop.lazy not in _LAZY_SELECT or prop.key in lazy.state.callables:
         return None  # another loader style, or an explicit per-object loader option
+    if lazy.by_eager_loader:
+        return None  # immediateload's own (noted above when its loader path is known)
     allowed, option_settings = autoload_settings(lazy.state.load_options)
     if not allowed:
         return None  # loaded with explicit loader options: left alone
