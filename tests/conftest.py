@@ -119,14 +119,15 @@ def redis_url() -> str:
 
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    """A key prefix of this test's own; every key under it, or under a prefix made from it (a
+    second backend's ``prefix + "-other"``, glob characters appended), is deleted afterwards."""
     import redis
 
     prefix = f"ormtune-test-{uuid.uuid4().hex[:12]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
     try:
-        for key in client.scan_iter(match=f"{{{prefix}}}*", count=1000):
+        for key in client.scan_iter(match=f"{{{prefix}*", count=1000):
             client.unlink(key)
     finally:
         client.close()
