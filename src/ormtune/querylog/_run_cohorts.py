@@ -20,6 +20,10 @@ Three kinds of rows change run without being added to the map, and are recorded 
   join when they are indexed;
 * a cache hit's objects: the cache makes them one (:func:`form_cohort`).
 
+And the queries a post-loader runs for one path of a query (``selectinload``'s chunks,
+``lazy="immediate"``'s one lazy load per parent) are one run too: see
+:func:`note_post_load` and :func:`end_post_loads`, below.
+
 An object expired by ``commit()`` and refreshed on its own gets a run of its own from that
 refresh; :func:`ormtune.querylog.note_refresh_load`, called by a ``do_orm_execute`` hook,
 keeps the run it belongs to (as :func:`ormtune.querylog.track_runs` explains).
