@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty, Session
 from sqlalchemy.orm.decl_api import DeclarativeAttributeIntercept, DeclarativeMeta
 
+from ormtune.batchload._handover import install_handover, may_batch, remove_handover
 from ormtune.batchload._loader import batch_load
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
@@ -18,6 +19,7 @@ from ormtune.batchload._options import (
     autoload_settings,
     check_chunk_size,
 )
+from ormtune.batchload._writes import note_statement
 from ormtune.querylog import (
     Registration,
     SharedHooks,
@@ -82,6 +84,7 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
     if post_loads_running():
         end_post_loads(orm_state.session.identity_map)
     if not orm_state.is_select:
+        note_statement(orm_state)  # what batches left unread is checked against
         return None
     lazy = lazy_load_of(orm_state)
     if lazy is None:
@@ -89,8 +92,10 @@ def _settings_for(orm_state: ORMExecuteState) -> tuple[Any, Settings] | None:
         note_refresh_load(orm_state.load_options)
         return None
     prop = lazy.relationship
-    if prop.lazy not in _LAZY_SELECT or prop.key in lazy.state.callables:
-        return None  # another loader style, or an explicit per-object loader option
+    if prop.lazy not in _LAZY_SELECT:
+        return None  # another loader style
+    if prop.key in lazy.state.callables and not may_batch(lazy.state.callables[prop.key]):
+        return None  # an explicit per-object loader option (or a batch's, read plain)
     if lazy.by_eager_loader:
         return None  # immediateload's own (noted above when its loader path is known)
     allowed, option_settings = autoload_settings(lazy.state.load_options)
@@ -115,6 +120,7 @@ def _on_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
 
 def _install() -> None:
     track_run_cohorts()
+    install_handover()
     if not event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.listen(Session, "do_orm_execute", _on_orm_execute, retval=True)
 
@@ -122,6 +128,7 @@ def _install() -> None:
 def _remove() -> None:
     if event.contains(Session, "do_orm_execute", _on_orm_execute):
         event.remove(Session, "do_orm_execute", _on_orm_execute)
+    remove_handover()
     untrack_run_cohorts()
 
 

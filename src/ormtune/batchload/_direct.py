@@ -24,6 +24,8 @@ from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import ONETOMANY
 from sqlalchemy.orm.attributes import set_committed_value
 
+from ormtune.batchload._handover import Batch
+
 if TYPE_CHECKING:
     from sqlalchemy import Select
     from sqlalchemy.orm import RelationshipProperty, Session
@@ -116,9 +118,13 @@ def load_directly(
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
+    chain: int,
 ) -> None:
     """Load ``prop`` for ``members`` with ``plan``'s statement, one query per ``chunk_size``
-    parents, and commit each parent's collection as ``selectinload`` does."""
+    parents; commit the trigger's (the first member's) collection as ``selectinload`` does,
+    and leave each other parent its own until it is read (:class:`Batch`)."""
+    trigger = members[0]
+    batch: Batch | None = None  # made after the first query (it may autoflush)
     statement = plan.statement.options(*options) if options else plan.statement
     width = plan.key_width
     key = prop.key
@@ -134,6 +140,8 @@ def load_directly(
             execution_options=execution_options,
             bind_arguments=bind_arguments,
         )
+        if batch is None:
+            batch = Batch(prop, session, chain)
         children: defaultdict[tuple[Any, ...], list[Any]] = defaultdict(list)
         for row in _rows(result):
             children[tuple(row[:width])].append(row[width])
@@ -153,4 +161,7 @@ def load_directly(
                         stacklevel=2,
                     )
                 found = found[0]
-            set_committed_value(obj, key, found)
+            if member is trigger:
+                set_committed_value(obj, key, found)
+            else:
+                batch.defer(member, list(found) if uselist else found)

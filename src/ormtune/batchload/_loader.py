@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.orm import MANYTOONE, load_only, selectinload
+from sqlalchemy.orm import MANYTOONE, load_only, loading, selectinload
+from sqlalchemy.orm.base import instance_state
 
 from ormtune.batchload._direct import direct_plan, load_directly
+from ormtune.batchload._handover import Batch, chain_of, is_stale_batched
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
     AutoloadOption,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sqlalchemy.engine import Result
-    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty
+    from sqlalchemy.orm import ORMExecuteState, RelationshipProperty, Session
     from sqlalchemy.orm.state import InstanceState
 
     from ormtune.querylog import LazyLoad
@@ -83,8 +85,10 @@ def _members(lazy: LazyLoad, cohort: Cohort) -> list[InstanceState[Any]]:
         and member.identity_token == identity_token
         and member.load_options == load_options
         and key not in member.dict  # loaded, or set by the application: leave it
-        and key not in member.callables  # an explicit per-object loader
         and (member.manager is manager or member.mapper.isa(parent))
+        # An explicit per-object loader, or an earlier batch's rows still to hand over (unless
+        # they went stale): leave it
+        and (key not in member.callables or is_stale_batched(member.callables[key], member))
     ]
     return members
 
@@ -156,6 +160,45 @@ def _reselect(
         ).all()
 
 
+def _runid() -> int:
+    """A number below the run id of every query run from now on (SQLAlchemy numbers each
+    query's run; an object a query creates or refreshes carries its number)."""
+    counter = getattr(loading, "_new_runid", None)
+    return int(counter()) if counter is not None else 1 << 62
+
+
+def _defer_loaded(
+    session: Session,
+    prop: RelationshipProperty[Any],
+    members: list[InstanceState[Any]],
+    chain: int,
+    runid: int,
+) -> None:
+    """After a re-select (``selectinload`` commits every member's value): leave each member
+    but the trigger its value until it is read, as the direct batches do. A many-to-one
+    target the re-select loaded (run id above ``runid``) autoflushes at its first read."""
+    key = prop.key
+    batch = Batch(prop, session, chain)
+    trigger_target = None if prop.uselist else members[0].dict.get(key)
+    for member in members[1:]:
+        value = member.dict.pop(key, _MISSING)
+        if value is _MISSING:
+            continue
+        if prop.uselist:
+            value._sa_adapter.invalidated = True  # as SQLAlchemy retires an expired collection
+            value = list(value)
+        elif (
+            value is not None
+            and value is not trigger_target
+            and (instance_state(value).runid or 0) > runid
+        ):
+            batch.unclaimed.add(id(value))
+        batch.defer(member, value)
+
+
+_MISSING = object()
+
+
 def _autoflushes(orm_state: ORMExecuteState) -> bool:
     return bool(getattr(orm_state.load_options, "_autoflush", True))
 
@@ -223,10 +266,13 @@ def batch_load(
     if tracking_cohorts():  # unused-eager detection: its cohorts are recorded row by row
         execution_options.update(shared_cohort())
     mark = run_mark()
+    chain = chain_of(lazy.state.callables.get(prop.key))
     if any(member.expired_attributes for member in members) or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
+        runid = _runid()
         _reselect(orm_state, lazy, members, settings)
+        _defer_loaded(session, prop, members, chain, runid)
     elif plan is not None:
         load_directly(
             session,
@@ -237,6 +283,7 @@ def batch_load(
             min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
             execution_options,
             orm_state.bind_arguments,
+            chain,
         )
     elif targets is not None and not load_targets(
         session,
@@ -247,10 +294,13 @@ def batch_load(
         min(settings.chunk_size, _MAX_PARAMETERS // targets.key_width),
         execution_options,
         orm_state.bind_arguments,
+        chain,
     ):
         if lone:
             return None  # nothing was loaded: the plain lazy load goes ahead
+        runid = _runid()
         _reselect(orm_state, lazy, members, settings)
+        _defer_loaded(session, prop, members, chain, runid)
     join_runs_since(mark, session.identity_map)  # the batch's chunks: one cohort
     if signals_wanted() and not lone:
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))

@@ -21,6 +21,7 @@ from sqlalchemy.orm import MANYTOONE
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ormtune.batchload._direct import _rows, omitted_join_query
+from ormtune.batchload._handover import Batch
 
 if TYPE_CHECKING:
     from sqlalchemy import Select
@@ -96,9 +97,11 @@ def load_targets(
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
+    chain: int,
 ) -> bool:
-    """Load ``prop`` for ``members`` with ``plan``; False (nothing done) when a member's
-    foreign key is not loaded, so the re-select must do it."""
+    """Load ``prop`` for ``members`` with ``plan`` (the trigger's, the first member's,
+    committed, each other member's left until it is read); False (nothing done) when a
+    member's foreign key is not loaded, so the re-select must do it."""
     by_key: dict[tuple[Any, ...], list[InstanceState[Any]]] = {}
     nulls: list[InstanceState[Any]] = []
     for member in members:
@@ -121,6 +124,7 @@ def load_targets(
             wanted.append(key)
     statement = plan.statement.options(*options) if options else plan.statement
     width = plan.key_width
+    batch: Batch | None = None  # made after the first query (it may autoflush)
     for start in range(0, len(wanted), chunk_size):
         chunk = wanted[start : start + chunk_size]
         keys = [key[0] for key in chunk] if plan.single_column else chunk
@@ -130,9 +134,17 @@ def load_targets(
             execution_options=execution_options,
             bind_arguments=bind_arguments,
         )
+        if batch is None:
+            batch = Batch(prop, session, chain)
         for row in _rows(result):
-            found[tuple(row[:width])] = row[width]
+            target = found[tuple(row[:width])] = row[width]
+            # Selected here, where the first plain lazy load reading it would have
+            # autoflushed first: its first reader does.
+            batch.unclaimed.add(id(target))
+    if batch is None:
+        batch = Batch(prop, session, chain)
     name = prop.key
+    trigger = members[0]
     for key, states in [*by_key.items(), ((None,), nulls)]:
         target = found.get(key)
         for member in states:
@@ -141,5 +153,9 @@ def load_targets(
                 continue  # gone, loaded meanwhile (never overwritten), or deleted by a flush
             if member.session_id != session.hash_key:
                 continue
-            set_committed_value(obj, name, target)
+            if member is trigger:
+                batch.unclaimed.discard(id(target))  # its lazy load autoflushed
+                set_committed_value(obj, name, target)
+            else:
+                batch.defer(member, target)
     return True
