@@ -118,7 +118,7 @@ def load_directly(
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
-    chain: int,
+    source: Batch | None,
 ) -> None:
     """Load ``prop`` for ``members`` with ``plan``'s statement, one query per ``chunk_size``
     parents; commit the trigger's (the first member's) collection as ``selectinload`` does,
@@ -141,7 +141,7 @@ def load_directly(
             bind_arguments=bind_arguments,
         )
         if batch is None:
-            batch = Batch(prop, session, chain)
+            batch = Batch(prop, session, source, members[0].load_options)
         children: defaultdict[tuple[Any, ...], list[Any]] = defaultdict(list)
         for row in _rows(result):
             children[tuple(row[:width])].append(row[width])

@@ -24,6 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.session import _state_session
+from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.util.concurrency import in_greenlet
 
 from ormtune.batchload._writes import (
@@ -43,10 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch",
-    "chain_of",
     "install_handover",
     "is_stale_batched",
     "may_batch",
+    "rebatch_limit",
+    "rebatch_source",
     "remove_handover",
 ]
 
@@ -59,13 +61,15 @@ class Batch:
 
     __slots__ = (
         "__weakref__",
-        "chain",
+        "criteria",
+        "deferred",
         "epoch",
         "generation",
         "handed",
         "log",
         "needs_greenlet",
         "session_key",
+        "source",
         "stale_all",
         "stale_keys",
         "stale_peers",
@@ -73,10 +77,22 @@ class Batch:
         "watch",
     )
 
-    def __init__(self, prop: RelationshipProperty[Any], session: Session, chain: int) -> None:
-        """Made once the batch's first query has run (it may autoflush). ``chain``: how many
-        batches before it went stale before handing anything over (see :func:`chain_of`)."""
-        self.chain = chain
+    def __init__(
+        self,
+        prop: RelationshipProperty[Any],
+        session: Session,
+        source: Batch | None,
+        load_options: tuple[Any, ...],
+    ) -> None:
+        """Made once the batch's first query has run (it may autoflush). ``source``: the stale
+        batch whose peers this one loads again, if any (:func:`rebatch_source`);
+        ``load_options``: the trigger's, whose loader criteria the batch's rows also depend on.
+        """
+        self.source = source
+        # Loader criteria on the target (soft delete, with_loader_criteria) read columns of
+        # their own: any column of its tables counts.
+        self.criteria = any(_filters(option, prop.mapper) for option in load_options)
+        self.deferred = 0  # peers left rows to hand over
         self.watch = watch_of(prop)
         self.log = log = log_of(session)
         self.session_key = session.hash_key
@@ -99,6 +115,7 @@ class Batch:
         if "callables" not in state.__dict__:
             state.callables = {}
         state.callables[self.watch.key] = _Batched(self, value)
+        self.deferred += 1
 
     def is_stale_for(self, state: InstanceState[Any]) -> bool:
         """Whether ``state``'s rows may differ from what its lazy load would read now."""
@@ -126,6 +143,18 @@ class Batch:
             if not watch.peer_attributes or tuple(key) in self.stale_keys:
                 return True
         return False
+
+
+def _filters(option: object, target: Mapper[Any]) -> bool:
+    """Whether ``option`` is loader criteria that apply to ``target``'s rows."""
+    if not isinstance(option, LoaderCriteriaOption):
+        return False
+    root = option.root_entity
+    if root is not None:
+        return issubclass(target.class_, root)
+    entity = option.entity
+    mapper = getattr(entity, "mapper", None)
+    return mapper is None or target.isa(mapper) or mapper.isa(target)
 
 
 class _Batched:
@@ -174,13 +203,14 @@ class _Batched:
         else:
             in_session = value is None or value._sa_instance_state.session_id == session_key
         if not in_session or batch.is_stale_for(state):
-            # The lazy load, with this loader in place (autoload leaves objects with a loader
-            # of their own alone, unless it says it may batch again): the stale peers are
-            # batched again if the batch paid off, or is the first of its line to go stale
-            # untouched; a loop that writes at every step gets plain lazy loads after that.
-            self.rebatch = batch.handed > 0 or batch.chain == 0
+            # The lazy load, with this loader in place: autoload leaves objects with a loader
+            # of their own alone, unless it is a stale batch's, read; it then batches the
+            # stale peers again, as many as rebatch_limit allows.
+            self.rebatch = True
             return self._lazy_load(state, passive)
         batch.handed += 1
+        if batch.source is not None:
+            batch.source.handed += 1  # the stale batch's peers are paying off again
         return value
 
     def _lazy_load(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
@@ -210,12 +240,23 @@ def may_batch(loader: object) -> bool:
     return isinstance(loader, _Batched) and loader.rebatch
 
 
-def chain_of(loader: object) -> int:
-    """For a batch started by the read of ``loader``: how many batches before it in a row went
-    stale before handing anything over (0: a batch of its own)."""
-    if isinstance(loader, _Batched) and loader.rebatch and not loader.batch.handed:
-        return loader.batch.chain + 1
-    return 0
+def rebatch_source(loader: object) -> Batch | None:
+    """The stale batch whose peers a lazy load started by the read of ``loader`` batches
+    again, if it is one."""
+    if isinstance(loader, _Batched) and loader.rebatch:
+        return loader.batch
+    return None
+
+
+def rebatch_limit(source: Batch) -> int:
+    """How many of a stale batch's peers to batch again: twice as many as it (and the batches
+    made again from it) handed over, and at least 8. A loop that makes every peer stale at
+    each step then re-reads a bounded number of rows per step, not all that remain; a loop
+    that wrote once is batched again in doubling steps."""
+    return max(_MIN_REBATCH, 2 * source.handed)
+
+
+_MIN_REBATCH = 8
 
 
 def is_stale_batched(loader: object, state: InstanceState[Any]) -> bool:

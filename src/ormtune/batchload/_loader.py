@@ -23,7 +23,12 @@ from sqlalchemy.orm import MANYTOONE, load_only, loading, selectinload
 from sqlalchemy.orm.base import instance_state
 
 from ormtune.batchload._direct import direct_plan, load_directly
-from ormtune.batchload._handover import Batch, chain_of, is_stale_batched
+from ormtune.batchload._handover import (
+    Batch,
+    is_stale_batched,
+    rebatch_limit,
+    rebatch_source,
+)
 from ormtune.batchload._options import (
     DEFAULT_CHUNK_SIZE,
     AutoloadOption,
@@ -33,6 +38,7 @@ from ormtune.batchload._options import (
     wants_lone_batches,
 )
 from ormtune.batchload._targets import load_targets, target_plan
+from ormtune.batchload._writes import backing_off
 from ormtune.querylog import (
     AutoloadBatch,
     Cohort,
@@ -171,14 +177,14 @@ def _defer_loaded(
     session: Session,
     prop: RelationshipProperty[Any],
     members: list[InstanceState[Any]],
-    chain: int,
+    source: Batch | None,
     runid: int,
 ) -> None:
     """After a re-select (``selectinload`` commits every member's value): leave each member
     but the trigger its value until it is read, as the direct batches do. A many-to-one
     target the re-select loaded (run id above ``runid``) autoflushes at its first read."""
     key = prop.key
-    batch = Batch(prop, session, chain)
+    batch = Batch(prop, session, source, members[0].load_options)
     trigger_target = None if prop.uselist else members[0].dict.get(key)
     for member in members[1:]:
         value = member.dict.pop(key, _MISSING)
@@ -247,7 +253,12 @@ def batch_load(
     cohort = run_cohort(lazy.state, session.identity_map)
     if cohort is None:
         return None  # loaded by no query, or before autoload() began
+    source = rebatch_source(lazy.state.callables.get(prop.key))
+    if source is None and backing_off(session, prop):
+        return None  # its batches in this session ended unused: plain for a while
     members = _members(lazy, cohort)
+    if source is not None:
+        members = members[: rebatch_limit(source)]
     plan = direct_plan(prop)
     targets = target_plan(prop) if plan is None else None
     lone = len(members) < 2 or _one_target(members, prop)
@@ -266,13 +277,12 @@ def batch_load(
     if tracking_cohorts():  # unused-eager detection: its cohorts are recorded row by row
         execution_options.update(shared_cohort())
     mark = run_mark()
-    chain = chain_of(lazy.state.callables.get(prop.key))
     if any(member.expired_attributes for member in members) or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
         runid = _runid()
         _reselect(orm_state, lazy, members, settings)
-        _defer_loaded(session, prop, members, chain, runid)
+        _defer_loaded(session, prop, members, source, runid)
     elif plan is not None:
         load_directly(
             session,
@@ -283,7 +293,7 @@ def batch_load(
             min(settings.chunk_size, _MAX_PARAMETERS // plan.key_width),
             execution_options,
             orm_state.bind_arguments,
-            chain,
+            source,
         )
     elif targets is not None and not load_targets(
         session,
@@ -294,13 +304,13 @@ def batch_load(
         min(settings.chunk_size, _MAX_PARAMETERS // targets.key_width),
         execution_options,
         orm_state.bind_arguments,
-        chain,
+        source,
     ):
         if lone:
             return None  # nothing was loaded: the plain lazy load goes ahead
         runid = _runid()
         _reselect(orm_state, lazy, members, settings)
-        _defer_loaded(session, prop, members, chain, runid)
+        _defer_loaded(session, prop, members, source, runid)
     join_runs_since(mark, session.identity_map)  # the batch's chunks: one cohort
     if signals_wanted() and not lone:
         emit(AutoloadBatch(f"{prop.parent.class_.__name__}.{prop.key}", len(members)))

@@ -97,7 +97,7 @@ def load_targets(
     chunk_size: int,
     execution_options: dict[str, Any],
     bind_arguments: dict[str, Any] | None,
-    chain: int,
+    source: Batch | None,
 ) -> bool:
     """Load ``prop`` for ``members`` with ``plan`` (the trigger's, the first member's,
     committed, each other member's left until it is read); False (nothing done) when a
@@ -135,14 +135,14 @@ def load_targets(
             bind_arguments=bind_arguments,
         )
         if batch is None:
-            batch = Batch(prop, session, chain)
+            batch = Batch(prop, session, source, members[0].load_options)
         for row in _rows(result):
             target = found[tuple(row[:width])] = row[width]
             # Selected here, where the first plain lazy load reading it would have
             # autoflushed first: its first reader does.
             batch.unclaimed.add(id(target))
     if batch is None:
-        batch = Batch(prop, session, chain)
+        batch = Batch(prop, session, source, members[0].load_options)
     name = prop.key
     trigger = members[0]
     for key, states in [*by_key.items(), ((None,), nulls)]:

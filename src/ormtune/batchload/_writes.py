@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WriteLog",
+    "backing_off",
     "canonical",
     "install_write_tracking",
     "log_of",
@@ -116,18 +117,22 @@ class _Watch:
         read: set[Column[Any]] = set()
         for clause in clauses:
             read.update(_columns_in(clause))
-        # Columns of the parent's own tables (and no other side's) are the peer's own: they
-        # matter for that peer only.
-        own = {c for c in read if c.table in parent_tables and c.table not in target_tables}
+        # The peer's own columns matter for that peer only: its side of the join (a
+        # many-to-one's foreign key, also when both sides are one table), and columns of the
+        # parent's tables that no other side has.
+        parent_only = {c for c in read if c.table in parent_tables and c.table not in target_tables}
+        local = {local for local, _ in prop.local_remote_pairs or ()}
+        own = {c for c in read if c in parent_only or c in local}
         own_attributes: set[str] = set()
-        for column in own:
+        for column in list(own):
             try:
                 own_attributes.add(prop.parent.get_property_by_column(column).key)
             except Exception:  # not mapped on the parent: any write of it counts for every peer
                 own.discard(column)
+                parent_only.discard(column)
         self.own_columns = frozenset(own)
         self.own_attributes = frozenset(own_attributes)
-        self.columns = frozenset(read - own)
+        self.columns = frozenset(read - parent_only)
         secondary = prop.secondary if isinstance(prop.secondary, Table) else None
         self.secondary = secondary
         tables: set[Any] = set(target_tables)
@@ -184,10 +189,13 @@ def watch_of(prop: RelationshipProperty[Any]) -> _Watch:
 class WriteLog:
     """One session's writes, as far as the batches it has left unread need them."""
 
-    __slots__ = ("batches", "epoch")
+    __slots__ = ("backoff", "batches", "epoch")
 
     def __init__(self) -> None:
         self.epoch = 0  # bumped by what makes every batch stale
+        # Relationships whose batches ended with the transaction before handing anything over
+        # (a loop that commits at every step): [batches ended so, lazy loads left plain].
+        self.backoff: dict[RelationshipProperty[Any], list[int]] = {}
         # The batches not yet fully handed over, by table they read or own.
         self.batches: dict[Table, weakref.WeakSet[Batch]] = {}
 
@@ -300,12 +308,17 @@ def _cascading_to(table: Table) -> frozenset[Any]:
     (``ON DELETE CASCADE`` / ``SET NULL``, which ``passive_deletes`` leaves to it)."""
     found = _cascading.get(table)
     if found is None:
-        found = _cascading[table] = frozenset(
-            other
-            for other in table.metadata.tables.values()
-            for key in other.foreign_keys
-            if key.ondelete and key.references(table)
-        )
+        reached: set[Any] = set()
+        todo = [table]
+        while todo:  # a cascade's rows cascade in turn
+            deleted = todo.pop()
+            for other in deleted.metadata.tables.values():
+                if other not in reached and any(
+                    key.ondelete and key.references(deleted) for key in other.foreign_keys
+                ):
+                    reached.add(other)
+                    todo.append(other)
+        found = _cascading[table] = frozenset(reached)
     return found
 
 
@@ -340,7 +353,7 @@ def _note_flush(session: Session, flush_context: UOWTransaction) -> None:
                     _note_row(batch, state, mapper)
                 continue
             assert changed is not None
-            if reads_rows and not watch.columns.isdisjoint(changed):
+            if reads_rows and (batch.criteria or not watch.columns.isdisjoint(changed)):
                 _note_row(batch, state, mapper)
             if not watch.own_columns.isdisjoint(changed):
                 batch.stale_peers.add(state.key)
@@ -396,10 +409,17 @@ def note_statement(orm_state: ORMExecuteState) -> None:
         return
     for table in tables:
         changed = _set_columns(statement, table) if orm_state.is_update else None
+        if orm_state.is_delete:
+            for other in _cascading_to(table):
+                for batch in log.batches.get(other, ()):
+                    batch.stale_all = True
         for batch in log.batches.get(table, ()):
             watch = batch.watch
-            if changed is not None and (
-                watch.columns.isdisjoint(changed) and watch.own_columns.isdisjoint(changed)
+            if (
+                changed is not None
+                and not batch.criteria
+                and watch.columns.isdisjoint(changed)
+                and watch.own_columns.isdisjoint(changed)
             ):
                 continue  # an UPDATE of columns the relationship does not read
             if orm_state.is_insert and table not in watch.tables:
@@ -413,19 +433,55 @@ def _note_transaction_end(session: Session, transaction: Any) -> None:
     _end_batches(session)
 
 
+def _note_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: nothing changes
+    _end_batches(session)  # before the commit expires the peers (and drops their loaders)
+
+
 def _note_rollback(session: Session, previous_transaction: Any) -> None:
     _end_batches(session)  # any rollback, a savepoint's or a failed flush's included
 
 
 def _end_batches(session: Session) -> None:
     log: WriteLog | None = session.__dict__.get(_LOG)
-    if log is not None:
-        log.epoch += 1
-        log.batches.clear()
+    if log is None:
+        return
+    log.epoch += 1
+    ended: set[Batch] = set()
+    for batches in log.batches.values():
+        ended.update(batches)
+    log.batches.clear()
+    for batch in ended:
+        prop = batch.watch.prop
+        if batch.handed:
+            log.backoff.pop(prop, None)
+        elif batch.deferred:
+            entry = log.backoff.setdefault(prop, [0, 0])
+            entry[0] += 1
+            entry[1] = min(2 ** entry[0], _MAX_BACKOFF)
+
+
+_MAX_BACKOFF = 64
+
+
+def backing_off(session: Session, prop: RelationshipProperty[Any]) -> bool:
+    """Whether this lazy load of ``prop`` should stay plain: its batches in this session have
+    ended unused (each such end doubles the number of lazy loads left plain, up to 64; a
+    batch that hands rows over ends the back-off)."""
+    log: WriteLog | None = session.__dict__.get(_LOG)
+    if log is None or not log.backoff:
+        return False
+    entry = log.backoff.get(prop)
+    if entry is None or entry[1] <= 0:
+        return False
+    entry[1] -= 1
+    return True
 
 
 _LISTENERS: tuple[tuple[Any, str, Any], ...] = (
     (Session, "after_flush", _note_flush),
+    (Session, "after_commit", _note_commit),
     (Session, "after_transaction_end", _note_transaction_end),
     (Session, "after_soft_rollback", _note_rollback),
 )
