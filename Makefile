@@ -64,6 +64,7 @@ $(BENCH_VENV)/.installed: pyproject.toml requirements/dev.txt requirements/sqlal
 bench: $(BENCH_VENV)/.installed  ## every benchmark (see docs/benchmarks.md)
 	$(BENCH_VENV)/bin/python bench/capture_overhead.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/autoload.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/write_loops.py
 	$(BENCH_VENV)/bin/python bench/cohort_cost.py
 	$(BENCH_VENV)/bin/python bench/unused_eager.py
 	$(BENCH_VENV)/bin/python bench/detection_cpu.py
