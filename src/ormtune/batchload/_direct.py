@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import RelationshipProperty, Session
     from sqlalchemy.orm.state import InstanceState
 
-__all__ = ["DirectPlan", "direct_plan", "load_directly", "omitted_join_query"]
+__all__ = ["DirectPlan", "direct_plan", "load_directly", "omitted_join_query", "with_options"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +87,27 @@ def _plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
     return DirectPlan(statement, len(key_columns), bool(info.zero_idx))
 
 
+# (id of a plan's statement, id of an option) -> (both, and the statement with the option): a
+# batch whose only option is its marker (one per Settings) runs the same statement object every
+# time, so SQLAlchemy computes its cache key once (it keeps it on the object), not per batch.
+# Bounded by plans times settings; the entry holds both objects, so their ids stay theirs.
+_with_option: dict[tuple[int, int], tuple[Select[Any], object, Select[Any]]] = {}
+
+
+def with_options(statement: Select[Any], options: list[Any]) -> Select[Any]:
+    """``statement`` with ``options``; the same object again for the same lone option."""
+    if len(options) != 1:
+        return statement.options(*options) if options else statement
+    option = options[0]
+    key = (id(statement), id(option))
+    found = _with_option.get(key)
+    if found is not None and found[0] is statement and found[1] is option:
+        return found[2]
+    optioned = statement.options(option)
+    _with_option[key] = (statement, option, optioned)
+    return optioned
+
+
 def direct_plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
     """The direct plan for ``prop``, or None when it must take the re-select path (memoised)."""
     try:
@@ -125,7 +146,7 @@ def load_directly(
     and leave each other parent its own until it is read (:class:`Batch`)."""
     trigger = members[0]
     batch: Batch | None = None  # made after the first query (it may autoflush)
-    statement = plan.statement.options(*options) if options else plan.statement
+    statement = with_options(plan.statement, options)
     width = plan.key_width
     key = prop.key
     uselist = prop.uselist
@@ -142,16 +163,26 @@ def load_directly(
         )
         if batch is None:
             batch = Batch(prop, session, source, members[0].load_options)
-        children: defaultdict[tuple[Any, ...], list[Any]] = defaultdict(list)
-        for row in _rows(result):
-            children[tuple(row[:width])].append(row[width])
+        # The children by their parent's identity: by its one key value when it has one (no
+        # tuple to build and hash per row), else by the tuple of its values.
+        children: defaultdict[Any, list[Any]] = defaultdict(list)
+        if width == 1:
+            for row in _rows(result):
+                children[row[0]].append(row[1])
+        else:
+            for row in _rows(result):
+                children[tuple(row[:width])].append(row[width])
+        session_key = session.hash_key
         for member, identity in zip(chunk, identities, strict=True):
             obj = member.obj()
-            if obj is None or key in member.dict or member.deleted or member.key is None:
-                continue  # gone, loaded meanwhile (never overwritten), or deleted by a flush
-            if member.key[1] != identity or member.session_id != session.hash_key:
-                continue  # a flush changed its key, or it left the session: a plain lazy load
-            found = children.get(tuple(identity), empty)
+            if obj is None or key in member.dict:
+                continue  # gone, or loaded meanwhile (never overwritten)
+            member_key = member.key
+            if member_key is None or member_key[1] != identity or member._deleted:
+                continue  # a flush deleted it or changed its key: a plain lazy load
+            if member.session_id != session_key:
+                continue  # it left the session: a plain lazy load
+            found = children.get(identity[0] if width == 1 else tuple(identity), empty)
             if not uselist and found:
                 if len(found) > 1:
                     warnings.warn(
@@ -164,4 +195,4 @@ def load_directly(
             if member is trigger:
                 set_committed_value(obj, key, found)
             else:
-                batch.defer(member, list(found) if uselist else found)
+                batch.defer(member, found)  # its own list (or the empty tuple)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import MANYTOONE
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ormtune.batchload._direct import _rows, omitted_join_query
+from ormtune.batchload._direct import _rows, omitted_join_query, with_options
 from ormtune.batchload._handover import Batch
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def load_targets(
             found[key] = present
         else:
             wanted.append(key)
-    statement = plan.statement.options(*options) if options else plan.statement
+    statement = with_options(plan.statement, options)
     width = plan.key_width
     batch: Batch | None = None  # made after the first query (it may autoflush)
     for start in range(0, len(wanted), chunk_size):
