@@ -15,9 +15,11 @@ within one process: identical processes differ from one another by up to a third
 has its own PostgreSQL backend, placed on the two cores as the scheduler likes), more than the
 10% target, so on and off share one process and its connection. A process runs pairs of
 halves, ``runs`` loops with detection off and ``runs`` with it on (``install("log")``, each
-run a ``detect("log")`` block, then ``uninstall()``), in alternating order; each pair gives
-one ratio, and the verdict is the median over ``--pairs`` pairs in each of three processes. An
-A/A control pairs "off" with "off" the same way, to show how far a pair strays by chance.
+run a ``detect("log")`` block, then ``uninstall()``), in alternating order; a half's time is
+the median of its runs (10 at N = 10, 3 from N = 34), each pair gives one ratio, and the
+verdict is the median over ``--pairs`` pairs (a third as many at N = 1,000) in each of three
+processes. An A/A control pairs "off" with "off" the same way, to show how far a pair strays
+by chance.
 ``--detection processes`` times on and off in separate processes instead, with the spread
 between identical processes (the design of the tables up to the tenth session).
 
@@ -160,19 +162,28 @@ def detected(factory: Callable[[], Callable[[], int]]) -> Callable[[], Callable[
 
 @dataclass(frozen=True)
 class PairDesign:
-    """How detection on is paired with off: ``pairs`` pairs in each of ``processes`` processes,
-    ``runs`` runs of the loop per half (None: about 50 ms of loop)."""
+    """How detection on is paired with off: ``pairs`` pairs in each of ``processes`` processes
+    (a third as many from N = 1,000, where one run takes a few hundred ms), ``runs`` runs of
+    the loop per half (None: about 50 ms of loop, and at least 3)."""
 
     pairs: int = 30
     processes: int = 3
     runs: int | None = None
 
+    def pairs_for(self, users: int) -> int:
+        return self.pairs if users < 1_000 else max(3, self.pairs // 3)
+
 
 def _timed(run: Callable[[], object], times: int) -> float:
-    started = time.perf_counter()
+    """The median time of ``times`` runs: one run that stalls (a collection of the cyclic
+    garbage collector, a scheduling hiccup) does not decide the pair, as it did with one run
+    per half at N >= 100."""
+    durations = []
     for _ in range(times):
+        started = time.perf_counter()
         run()
-    return (time.perf_counter() - started) / times
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
 
 
 def _pairs(
@@ -234,7 +245,8 @@ def paired(
     for _ in range(design.processes):
         parent, child = context.Pipe()
         process = context.Process(
-            target=_process, args=(child, url, users, strategy, design.pairs, runs, control)
+            target=_process,
+            args=(child, url, users, strategy, design.pairs_for(users), runs, control),
         )
         process.start()
         ratios += parent.recv()
@@ -243,8 +255,8 @@ def paired(
 
 
 def runs_for(users: int) -> int:
-    # 10 runs per half at N = 10 (about 50 ms), one at N = 100 and more.
-    return max(1, 100 // users)
+    # 10 runs per half at N = 10 (about 50 ms), 3 from N = 34 on.
+    return max(3, 100 // users)
 
 
 def detection_paired_rows(

@@ -4,11 +4,12 @@
 The same naive loop on PostgreSQL runs in one process as a sequence of pairs, ``--runs`` runs
 with detection off and ``--runs`` runs with it on (``install("log")``, each run in a
 ``detect("log")`` block, then ``uninstall()``), the two halves of a pair in alternating order;
-each pair gives one ratio, and the report is the median over all pairs of ``--processes``
-processes, run one after another, with its quartiles. An A/A control pairs "off" with "off"
-the same way, so its ratios show how far a pair strays by chance. "Off" after an
-``uninstall()`` is SQLAlchemy with no ormtune listener left; what remains is its
-``_has_events`` flag on the dialect, an empty listener list checked per statement.
+a half's time is the median of its runs, each pair gives one ratio, and the report is the
+median over all pairs of ``--processes`` processes, run one after another, with its
+quartiles. An A/A control pairs "off" with "off" the same way, so its ratios show how far a
+pair strays by chance. "Off" after an ``uninstall()`` is SQLAlchemy with no ormtune listener
+left; what remains is its ``_has_events`` flag on the dialect, an empty listener list checked
+per statement.
 
     .venv-bench/bin/python bench/detection_paired.py
     .venv-bench/bin/python bench/detection_paired.py --sizes 10,100,1000 --pairs 10
@@ -35,7 +36,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100")
     parser.add_argument("--pairs", type=int, default=30, help="pairs per process")
     parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--runs", type=int, help="runs per half (default: about 50 ms of loop)")
+    parser.add_argument(
+        "--runs", type=int, help="runs per half (default: about 50 ms of loop, at least 3)"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     design = PairDesign(pairs=args.pairs, processes=args.processes, runs=args.runs)
