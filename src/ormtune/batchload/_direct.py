@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, bindparam, select
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import ONETOMANY
 from sqlalchemy.orm.attributes import set_committed_value
@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import RelationshipProperty, Session
     from sqlalchemy.orm.state import InstanceState
 
-__all__ = ["DirectPlan", "direct_plan", "load_directly", "omitted_join_query", "with_options"]
+__all__ = [
+    "DirectPlan",
+    "direct_plan",
+    "load_directly",
+    "loose_keys",
+    "omitted_join_query",
+    "textual_keys",
+    "with_options",
+]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -108,6 +116,24 @@ def with_options(statement: Select[Any], options: list[Any]) -> Select[Any]:
     return optioned
 
 
+# Relationships whose batches met keys the database matched loosely (see load_directly): left
+# to the plain lazy load for good. Relationships live as long as their mappers.
+loose_keys: set[RelationshipProperty[Any]] = set()
+
+
+def textual_keys(prop: RelationshipProperty[Any]) -> bool:
+    """Whether ``prop`` joins on a string column: one a collation may compare loosely
+    (``'abc' = 'ABC'`` case-insensitively, ``'a' = 'a '`` with space padding), where the
+    database, not Python, says which rows match."""
+    for pair in prop.local_remote_pairs or ():
+        for column in pair:
+            type_ = getattr(column, "type", None)
+            impl = getattr(type_, "impl_instance", None)  # a TypeDecorator's own type
+            if isinstance(impl if impl is not None else type_, String):
+                return True
+    return False
+
+
 def direct_plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
     """The direct plan for ``prop``, or None when it must take the re-select path (memoised)."""
     try:
@@ -172,6 +198,13 @@ def load_directly(
         else:
             for row in _rows(result):
                 children[tuple(row[:width])].append(row[width])
+        if not children.keys() <= set(keys):
+            # A row whose key equals no parent's exactly: the database matched it loosely (a
+            # case-insensitive or space-padding collation), and only it knows which parent's it
+            # is. This chunk's parents take the plain lazy load, which asks the database, and
+            # so does the relationship from now on.
+            loose_keys.add(prop)
+            continue
         session_key = session.hash_key
         for member, identity in zip(chunk, identities, strict=True):
             obj = member.obj()

@@ -22,7 +22,7 @@ from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import MANYTOONE, load_only, loading, selectinload
 from sqlalchemy.orm.base import instance_state
 
-from ormtune.batchload._direct import direct_plan, load_directly
+from ormtune.batchload._direct import direct_plan, load_directly, loose_keys, textual_keys
 from ormtune.batchload._handover import (
     Batch,
     is_stale_batched,
@@ -249,6 +249,8 @@ def batch_load(
         # query for it (SQLAlchemy's main branch drops a primaryjoin condition and repeats a
         # table), so the lazy load, which renders the relationship as written, does it.
         return None
+    if prop in loose_keys:
+        return None  # its keys were matched loosely by the database (see load_directly)
     session = orm_state.session
     cohort = run_cohort(lazy.state, session.identity_map)
     if cohort is None:
@@ -276,6 +278,15 @@ def batch_load(
     execution_options: dict[str, Any] = {"autoflush": _autoflushes(orm_state)}
     if tracking_cohorts():  # unused-eager detection: its cohorts are recorded row by row
         execution_options.update(shared_cohort())
+    if (
+        (plan is not None or targets is not None)
+        and textual_keys(prop)
+        and any(member.expired_attributes for member in members)
+    ):
+        # The re-select's selectinload would match the rows to parents by the keys' Python
+        # values, where the database may have matched them loosely (a collation); only the
+        # direct batches check that.
+        return None
     mark = run_mark()
     if any(member.expired_attributes for member in members) or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
@@ -306,7 +317,7 @@ def batch_load(
         orm_state.bind_arguments,
         source,
     ):
-        if lone:
+        if lone or textual_keys(prop):
             return None  # nothing was loaded: the plain lazy load goes ahead
         runid = _runid()
         _reselect(orm_state, lazy, members, settings)

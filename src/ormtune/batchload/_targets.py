@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import MANYTOONE
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ormtune.batchload._direct import _rows, omitted_join_query, with_options
+from ormtune.batchload._direct import (
+    _rows,
+    loose_keys,
+    omitted_join_query,
+    textual_keys,
+    with_options,
+)
 from ormtune.batchload._handover import Batch
 
 if TYPE_CHECKING:
@@ -136,11 +142,25 @@ def load_targets(
         )
         if batch is None:
             batch = Batch(prop, session, source, members[0].load_options)
+        requested = set(chunk)
         for row in _rows(result):
-            target = found[tuple(row[:width])] = row[width]
+            key = tuple(row[:width])
+            if key not in requested:
+                # A target the database matched loosely (a case-insensitive or space-padding
+                # collation): only it knows which members point at it. Hand nothing over:
+                # every member takes the plain lazy load, and so does the relationship from
+                # now on (the targets selected stay in the identity map, as loaded objects).
+                loose_keys.add(prop)
+                return True
+            target = found[key] = row[width]
             # Selected here, where the first plain lazy load reading it would have
             # autoflushed first: its first reader does.
             batch.unclaimed.add(id(target))
+    if any(key not in found for key in wanted) and textual_keys(prop):
+        # A key with no target of its own: missing, or matched loosely by another key's
+        # target. Only the database can tell; the plain lazy load asks it.
+        loose_keys.add(prop)
+        return True
     if batch is None:
         batch = Batch(prop, session, source, members[0].load_options)
     name = prop.key
