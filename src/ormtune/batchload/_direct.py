@@ -49,6 +49,7 @@ class DirectPlan:
     statement: Select[Any]  # ``primary_keys`` is the expanding parameter of the parents' keys
     key_width: int  # leading columns of each row: the parent's identity, as the foreign key
     single_column: bool  # one key column: keys are bound as scalars, not 1-tuples
+    textual: bool  # a key column is a string: the database may match it loosely (textual_keys)
 
 
 _plans: dict[RelationshipProperty[Any], DirectPlan | None] = {}
@@ -92,7 +93,7 @@ def _plan(prop: RelationshipProperty[Any]) -> DirectPlan | None:
         return None
     if prop.order_by:
         statement = statement.order_by(*prop.order_by)
-    return DirectPlan(statement, len(key_columns), bool(info.zero_idx))
+    return DirectPlan(statement, len(key_columns), bool(info.zero_idx), textual_keys(prop))
 
 
 # (id of a plan's statement, id of an option) -> (both, and the statement with the option): a

@@ -22,7 +22,7 @@ from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import MANYTOONE, load_only, loading, selectinload
 from sqlalchemy.orm.base import instance_state
 
-from ormtune.batchload._direct import direct_plan, load_directly, loose_keys, textual_keys
+from ormtune.batchload._direct import direct_plan, load_directly, loose_keys
 from ormtune.batchload._handover import (
     Batch,
     is_stale_batched,
@@ -263,10 +263,11 @@ def batch_load(
         members = members[: rebatch_limit(source)]
     plan = direct_plan(prop)
     targets = target_plan(prop) if plan is None else None
+    expired = any(member.expired_attributes for member in members)
     lone = len(members) < 2 or _one_target(members, prop)
     if lone and (
         (plan is None and targets is None)
-        or any(member.expired_attributes for member in members)
+        or expired
         or not wants_lone_batches(lazy.state.load_options)
     ):
         # Nothing to batch with: the plain lazy load does the same work, unless the objects'
@@ -278,17 +279,14 @@ def batch_load(
     execution_options: dict[str, Any] = {"autoflush": _autoflushes(orm_state)}
     if tracking_cohorts():  # unused-eager detection: its cohorts are recorded row by row
         execution_options.update(shared_cohort())
-    if (
-        (plan is not None or targets is not None)
-        and textual_keys(prop)
-        and any(member.expired_attributes for member in members)
-    ):
-        # The re-select's selectinload would match the rows to parents by the keys' Python
-        # values, where the database may have matched them loosely (a collation); only the
-        # direct batches check that.
+    # String keys (see textual_keys): the direct batches check their rows' keys, but the
+    # re-select's selectinload matches rows to parents by their Python values, where the
+    # database may have matched them loosely (a collation). Such members are left plain.
+    textual = plan.textual if plan is not None else targets is not None and targets.textual
+    if textual and expired:
         return None
     mark = run_mark()
-    if any(member.expired_attributes for member in members) or (plan is None and targets is None):
+    if expired or (plan is None and targets is None):
         # Members with expired attributes take the re-select too: it refreshes them all in
         # one go, where each would otherwise refresh on its own at its next attribute access.
         runid = _runid()
@@ -317,7 +315,7 @@ def batch_load(
         orm_state.bind_arguments,
         source,
     ):
-        if lone or textual_keys(prop):
+        if lone or textual:
             return None  # nothing was loaded: the plain lazy load goes ahead
         runid = _runid()
         _reselect(orm_state, lazy, members, settings)

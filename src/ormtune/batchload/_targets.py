@@ -45,6 +45,7 @@ class TargetPlan:
     key_width: int  # leading columns of each row: the target's primary key
     single_column: bool  # one key column: keys are bound as scalars, not 1-tuples
     lookup: tuple[str, ...]  # the parents' attributes holding the target's key, in order
+    textual: bool  # a key column is a string: the database may match it loosely (textual_keys)
 
 
 _plans: dict[RelationshipProperty[Any], TargetPlan | None] = {}
@@ -69,7 +70,9 @@ def _plan(prop: RelationshipProperty[Any]) -> TargetPlan | None:
             lookup.append(prop.parent.get_property_by_column(column).key)
         except Exception:  # not mapped on the parent: leave it to selectinload
             return None
-    return TargetPlan(statement, len(key_columns), bool(info.zero_idx), tuple(lookup))
+    return TargetPlan(
+        statement, len(key_columns), bool(info.zero_idx), tuple(lookup), textual_keys(prop)
+    )
 
 
 def target_plan(prop: RelationshipProperty[Any]) -> TargetPlan | None:
@@ -156,7 +159,7 @@ def load_targets(
             # Selected here, where the first plain lazy load reading it would have
             # autoflushed first: its first reader does.
             batch.unclaimed.add(id(target))
-    if any(key not in found for key in wanted) and textual_keys(prop):
+    if plan.textual and any(key not in found for key in wanted):
         # A key with no target of its own: missing, or matched loosely by another key's
         # target. Only the database can tell; the plain lazy load asks it.
         loose_keys.add(prop)
