@@ -11,7 +11,7 @@ interleaved across all those processes in a rotating order, one at a time.
 
 Then the same loop runs with ``ormtune.nplusone.detect("log")`` on and off (findings go to a
 ``NullHandler``: records are made, nothing is printed), plain and with selectinload, paired
-within one process: identical processes differ from one another by up to a third here (each
+within one process: identical processes differed from one another by up to 1.49x here (each
 has its own PostgreSQL backend, placed on the two cores as the scheduler likes), more than the
 10% target, so on and off share one process and its connection. A process runs pairs of
 halves, ``runs`` loops with detection off and ``runs`` with it on (``install("log")``, each
