@@ -7,7 +7,11 @@ carries what it needs:
   processes sharing PostgreSQL and Redis);
 * ``LOAD_CATALOG``: the JSON catalog of ids (marketplace.workload.Catalog);
 * ``LOAD_REPORT``: where to write the consistency counters at the end;
-* ``LOAD_WAIT``: think time between a simulated user's requests, ``min,max`` seconds.
+* ``LOAD_WAIT``: think time between a simulated user's requests, ``min,max`` seconds;
+* ``LOAD_MIX``: ``mixed`` (the default: the mix's reads and writes), ``reads`` (its reads
+  alone: the capacity of the read endpoints, measured with no think time), or ``ping``
+  (``GET /_load/ping``, answered by the load app's plain ASGI wrapper before FastAPI: what
+  uvicorn and locust alone cost on this machine, the ceiling of any server-side design).
 
 Simulated user ``n`` acts as the ``n``-th generated user (its own token, so its writes are its
 own) and reads Zipf-distributed targets. Reads go to either server at random. A write goes to
@@ -34,6 +38,9 @@ from marketplace.workload import Call, Mix, catalog_from_dict, follow_up, login
 SERVERS = os.environ.get("LOAD_SERVERS", "http://127.0.0.1:8101,http://127.0.0.1:8102").split(",")
 CATALOG = catalog_from_dict(json.loads(Path(os.environ["LOAD_CATALOG"]).read_text()))
 WAIT = tuple(float(x) for x in os.environ.get("LOAD_WAIT", "0.5,1.5").split(","))
+MIX = os.environ.get("LOAD_MIX", "mixed")
+if MIX not in {"mixed", "reads", "ping"}:
+    raise SystemExit(f"LOAD_MIX must be mixed, reads or ping, not {MIX!r}")
 _numbers = itertools.count(0)
 _users = CATALOG.users
 counters = {"checks": 0, "violations": 0, "conflicts": 0, "writes": 0, "reads": 0}
@@ -58,6 +65,9 @@ class Marketplace(FastHttpUser):
         self.other = SERVERS[(number + 1) % 2]
         self.mix = Mix(CATALOG, self.actor, seed=number)
         self.rng = random.Random(number)
+        self.token = ""
+        if MIX == "ping":
+            return
         call = login(self.actor)
         response = self.client.post(f"{self.home}{call.path}", json=call.body, name=call.endpoint)
         self.token = response.json()["access_token"] if response.status_code == 200 else ""
@@ -85,7 +95,12 @@ class Marketplace(FastHttpUser):
 
     @task
     def step(self) -> None:
+        if MIX == "ping":
+            self.client.get(f"{self.rng.choice(SERVERS)}/_load/ping", name="GET /_load/ping")
+            return
         call = next(self.mix)
+        while MIX == "reads" and call.is_write:
+            call = next(self.mix)
         if not call.is_write:
             counters["reads"] += 1
             self._send(call, self.rng.choice(SERVERS))

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ BIN = Path(sys.executable).parent
 @dataclass(frozen=True, slots=True)
 class StepResult:
     mode: str
+    mix: str
     users: int
     seconds: float
     requests: int
@@ -197,9 +199,11 @@ def run_step(
     admin: Any,
     database: str,
     wait: str,
+    mix: str = "mixed",
 ) -> StepResult:
-    prefix = workdir / f"{mode}-{users}"
-    report = workdir / f"{mode}-{users}-consistency.json"
+    name = f"{mode}-{users}" if mix == "mixed" else f"{mode}-{mix}-{users}-{time.time_ns()}"
+    prefix = workdir / name
+    report = workdir / f"{name}-consistency.json"
     spawn_rate = max(10, users // 10)
     command = [
         str(BIN / "locust"), "-f", str(HERE / "locustfile.py"), "--headless",
@@ -215,10 +219,11 @@ def run_step(
         "LOAD_CATALOG": str(catalog_file),
         "LOAD_REPORT": str(report),
         "LOAD_WAIT": wait,
+        "LOAD_MIX": mix,
     }
     # Counters are read when the ramp-up ends (when locust resets its statistics) and at the
     # end, so every figure covers the same steady-state window.
-    log = workdir / f"{mode}-{users}-locust.log"
+    log = workdir / f"{name}-locust.log"
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         time.sleep(users / spawn_rate + 5)
@@ -248,6 +253,7 @@ def run_step(
     middle = load_samples[len(load_samples) // 2] if load_samples else os.getloadavg()
     return StepResult(
         mode=mode,
+        mix=mix,
         users=users,
         seconds=elapsed,
         requests=int(total["Request Count"]),
@@ -297,6 +303,38 @@ def table(results: Sequence[StepResult]) -> str:
     return "\n".join(lines)
 
 
+def capacity_table(results: Sequence[StepResult]) -> str:
+    """The closed-loop rounds (no think time): each mix's throughput per mode, the median over
+    rounds, and tuned against naive."""
+    lines = [
+        "| mix | mode | users | rounds | req/s (median) | req/s (each round) | p50 | p95 "
+        "| errors | cache hit rate | server CPU/request | tuned / naive |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    medians: dict[tuple[str, str], float] = {}
+    groups: dict[tuple[str, str], list[StepResult]] = {}
+    for r in results:
+        groups.setdefault((r.mix, r.mode), []).append(r)
+    for (mix, mode), rounds in groups.items():
+        medians[(mix, mode)] = statistics.median(r.rps for r in rounds)
+    for (mix, mode), rounds in groups.items():
+        rates = [r.rps for r in rounds]
+        median = medians[(mix, mode)]
+        naive = medians.get((mix, "naive"))
+        ratio = f"{median / naive:.2f}x" if naive and mode != "naive" else "-"
+        hits = [r.hit_rate for r in rounds if r.hit_rate is not None]
+        hit = f"{statistics.median(hits):.1%}" if hits else "-"
+        lines.append(
+            f"| {mix} | {mode} | {rounds[0].users} | {len(rounds)} | {median:,.0f} "
+            f"| {' / '.join(f'{rate:,.0f}' for rate in rates)} "
+            f"| {statistics.median(r.p50 for r in rounds):.0f} ms "
+            f"| {statistics.median(r.p95 for r in rounds):.0f} ms "
+            f"| {sum(r.failures for r in rounds)} | {hit} "
+            f"| {statistics.median(r.cpu_ms_per_request for r in rounds):.2f} ms | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
 def _prepare(server: URL, users: int, seed: int, template: str) -> dict[str, Any]:
     admin = create_engine(server.set(drivername="postgresql+psycopg", database="postgres"),
                           isolation_level="AUTOCOMMIT")  # fmt: skip
@@ -321,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", default="50,200,1000", help="simulated users per step")
     parser.add_argument("--step-seconds", type=int, default=45, help="steady state per step")
     parser.add_argument("--wait", default="0.5,1.5", help="think time per user, min,max s")
+    parser.add_argument(
+        "--capacity", type=int, default=0,
+        help="after the steps, closed-loop rounds (no think time) with this many users",
+    )  # fmt: skip
+    parser.add_argument("--capacity-mixes", default="reads,ping", help="reads, ping, mixed")
+    parser.add_argument("--capacity-rounds", type=int, default=3)
+    parser.add_argument("--capacity-seconds", type=int, default=20)
     parser.add_argument("--ports", default="8101,8102", help="the first mode's; +2 per mode")
     parser.add_argument("--output", type=Path, default=ROOT / "bench/results/load.md")
     args = parser.parse_args(argv)
@@ -328,8 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tag = f"mp_load_{uuid.uuid4().hex[:6]}"
     template = f"{tag}_template"
     ports = [int(port) for port in args.ports.split(",")]
-    steps = [int(step) for step in args.steps.split(",")]
+    steps = [int(step) for step in args.steps.split(",") if step]
     results: list[StepResult] = []
+    capacity: list[StepResult] = []
     admin = create_engine(server.set(drivername="postgresql+psycopg", database="postgres"),
                           isolation_level="AUTOCOMMIT")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="marketplace-load-") as directory:
@@ -368,6 +414,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(table([result]).splitlines()[-1], file=sys.stderr)
                         for error, count in sorted(result.errors.items()):
                             print(f"    {count}x {error}", file=sys.stderr)
+                # Capacity: closed loops, rounds interleaved (mix by mix, mode by mode).
+                for round_number in range(args.capacity_rounds if args.capacity else 0):
+                    for mix in args.capacity_mixes.split(","):
+                        for mode in modes:
+                            print(f"capacity round {round_number + 1}: {mode} {mix}, "
+                                  f"{args.capacity} users", file=sys.stderr)  # fmt: skip
+                            result = run_step(
+                                mode, args.capacity, args.capacity_seconds, bases_of[mode],
+                                catalog_file, workdir, admin, f"{tag}_{mode}", "0,0", mix,
+                            )  # fmt: skip
+                            capacity.append(result)
+                            print(capacity_table([result]).splitlines()[-1], file=sys.stderr)
         finally:
             with admin.connect() as connection:
                 for name in [template, *(f"{tag}_{m}" for m in modes)]:
@@ -379,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kept = args.output.parent / f"load-{log.name}"
                 shutil.copyfile(log, kept)
                 print(f"kept {kept}", file=sys.stderr)
-    output = table(results)
+    output = table(results) if results else ""
+    if capacity:
+        output += "\n\nCapacity (closed loop, no think time):\n\n" + capacity_table(capacity)
     print(output)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(output + "\n")
