@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import ormtune
 from marketplace.db import create_engine_for
-from marketplace.deps import Runtime
+from marketplace.deps import Runtime, identify
 from marketplace.errors import add_error_handlers
 from marketplace.repositories import Repositories
 from marketplace.routes import ROUTERS
@@ -30,6 +30,20 @@ from ormtune.instrumentation import metrics as ormtune_metrics
 __all__ = ["create_app"]
 
 _log = logging.getLogger("marketplace")
+
+# Tuned mode caches the whole responses of every read, each with the TTL of its queries'
+# cache (repositories.py). A private route's responses are per user; the others are the
+# same for every signed-in caller.
+CACHED_ROUTES = [
+    ormtune.CachedRoute("/users/{user_id}/payments", ttl=300, private=True),
+    ormtune.CachedRoute("/payments/history", ttl=300, private=True),
+    ormtune.CachedRoute("/reviews/{user_id}", ttl=1800),
+    ormtune.CachedRoute("/reviews/by/{user_id}", ttl=1800),
+    ormtune.CachedRoute("/profiles/{user_id}", ttl=3600),
+    ormtune.CachedRoute("/account-details", ttl=3600, private=True),
+    ormtune.CachedRoute("/jobs/{job_id}", ttl=1800),
+    ormtune.CachedRoute("/jobs", ttl=300),
+]
 
 ASGIApp = Callable[
     [
@@ -115,6 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     add_error_handlers(app)
     if tuned:
+        # Inside the instrumentation (added after it, so it runs first): a cached response
+        # still gets its request id, metrics and log line.
+        app.add_middleware(ormtune.ResponseCache, routes=CACHED_ROUTES, identify=identify)
         app.add_middleware(
             ormtune.OrmtuneMiddleware,
             metrics=ormtune_metrics(registry),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from datetime import UTC
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,6 +15,7 @@ from marketplace.models import User, utcnow
 from marketplace.repositories import Repositories, TokenRepository
 from marketplace.schemas import MAX_INT
 from marketplace.security import hash_secret, parse_token
+from ormtune import Identity
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ __all__ = [
     "Repos",
     "Runtime",
     "Session",
+    "identify",
     "runtime",
 ]
 
@@ -94,3 +97,30 @@ async def _current_user(
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+async def identify(scope: Any) -> Identity | None:
+    """Whose bearer token a request carries, for ormtune's response cache (tuned mode): the
+    same checks as ``CurrentUser``, through the same cached token lookup."""
+    header = ""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":  # the first, as HTTPBearer reads it
+            header = value.decode("latin-1")
+            break
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    parsed = parse_token(credentials.strip())
+    if parsed is None:
+        return None
+    token_id, secret = parsed
+    found: Runtime | None = getattr(scope["app"].state, "runtime", None)
+    if found is None:
+        return None
+    async with found.sessions() as session:
+        token = await found.repositories(TokenRepository, session).get_or_none(token_id)
+    if token is None or not hmac.compare_digest(token.secret_hash, hash_secret(secret)):
+        return None
+    if token.expires_at <= utcnow():
+        return None
+    return Identity(str(token.user_id), token.expires_at.replace(tzinfo=UTC).timestamp())

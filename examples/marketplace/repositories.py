@@ -38,7 +38,9 @@ __all__ = [
     "ApplicationRepository",
     "JobDetailRepository",
     "JobListRepository",
+    "JobPageRepository",
     "MarketRepository",
+    "PaymentHistoryRepository",
     "PaymentRepository",
     "ProfileRepository",
     "Repositories",
@@ -89,10 +91,17 @@ class UserPaymentsRepository(MarketRepository[Payment]):
 
 
 class PaymentRepository(MarketRepository[Payment]):
-    """Payment history pages and payment writes (never cached)."""
+    """Payment writes and the checks around them (never cached)."""
 
     load: ClassVar[Sequence[LoadSpec]] = [Payment.payer, Payment.payee, Payment.job]
     order_by: ClassVar[Sequence[OrderSpec]] = ["-id"]
+
+
+class PaymentHistoryRepository(PaymentRepository):
+    """GET /payments/history pages."""
+
+    cache_ttl = 300
+    cache_name = "payment_history"
 
 
 class ReviewsReceivedRepository(MarketRepository[Review]):
@@ -109,6 +118,8 @@ class ReviewsGivenRepository(MarketRepository[Review]):
 
     load: ClassVar[Sequence[LoadSpec]] = [Review.reviewer, Review.reviewee, Review.job]
     order_by: ClassVar[Sequence[OrderSpec]] = ["-id"]
+    cache_ttl = 1800
+    cache_name = "reviews_given"
 
 
 class ProfileRepository(MarketRepository[Profile]):
@@ -131,10 +142,17 @@ class JobDetailRepository(MarketRepository[Job]):
 
 
 class JobListRepository(MarketRepository[Job]):
-    """GET /jobs pages and job writes."""
+    """Job writes and the checks around them (never cached)."""
 
     load: ClassVar[Sequence[LoadSpec]] = [Job.client]
     order_by: ClassVar[Sequence[OrderSpec]] = ["-id"]
+
+
+class JobPageRepository(JobListRepository):
+    """GET /jobs pages."""
+
+    cache_ttl = 300
+    cache_name = "job_pages"
 
 
 class ApplicationRepository(MarketRepository[Application]):
@@ -145,10 +163,13 @@ CACHED: tuple[type[MarketRepository[Any]], ...] = (
     TokenRepository,
     UserRepository,
     UserPaymentsRepository,
+    PaymentHistoryRepository,
     ReviewsReceivedRepository,
+    ReviewsGivenRepository,
     ProfileRepository,
     AccountDetailsRepository,
     JobDetailRepository,
+    JobPageRepository,
 )
 
 

@@ -27,7 +27,15 @@ and to serve hot reads from a cache that a commit invalidates before it returns:
 from ormtune.__about__ import __version__
 from ormtune._install import Installation, install
 from ormtune.batchload import Autoload, autoload, autoload_option
-from ormtune.caching import QueryCache, cache, cached, invalidate
+from ormtune.caching import (
+    CachedRoute,
+    Identity,
+    QueryCache,
+    ResponseCache,
+    cache,
+    cached,
+    invalidate,
+)
 from ormtune.exceptions import (
     CacheBackendError,
     ConfigurationError,
@@ -58,8 +66,10 @@ from ormtune.typing import QueryObserver
 __all__ = [
     "Autoload",
     "CacheBackendError",
+    "CachedRoute",
     "CallSite",
     "ConfigurationError",
+    "Identity",
     "Installation",
     "MissingDependencyError",
     "NPlusOneError",
@@ -73,6 +83,7 @@ __all__ = [
     "QueryGroup",
     "QueryLog",
     "QueryObserver",
+    "ResponseCache",
     "StatementKind",
     "__version__",
     "autoload",

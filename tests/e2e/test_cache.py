@@ -79,9 +79,13 @@ async def cache_hits(api: Api, name: str) -> float:
     return samples(response.text).get(key, 0.0)
 
 
+PAYMENTS = "GET /users/{user_id}/payments"
+
+
 async def served_from_cache(api: Api, path: str, user: int, name: str) -> Any:
     """Read ``path`` until the app's cache ``name`` serves it (at most three reads: learn,
-    fill, hit); returns the body."""
+    fill, hit); returns the body. Tuned mode caches these routes' whole responses, named
+    ``GET <route>``."""
     bodies = []
     for _ in range(3):
         before = await cache_hits(api, name)
@@ -113,7 +117,7 @@ async def test_repeated_read_runs_no_query(
 
 async def test_account_details_after_update(cached_api: Api, truth: Facts) -> None:
     await warm(cached_api, 3)
-    before = await served_from_cache(cached_api, "/account-details", 3, "account_details")
+    before = await served_from_cache(cached_api, "/account-details", 3, "GET /account-details")
     body = {
         "holder_name": "New Name",
         "iban": "FR1420041010050500013M02606",
@@ -134,7 +138,7 @@ async def test_user_payments_after_payment_and_confirmation(cached_api: Api, tru
     client, worker, job = truth.payable()
     path = f"/users/{client}/payments"
     await warm(cached_api, client)
-    before = await served_from_cache(cached_api, path, client, "user_payments")
+    before = await served_from_cache(cached_api, path, client, PAYMENTS)
     body = {"payee_id": worker, "job_id": job, "amount_cents": 31_337}
     created = await cached_api.post("/payments", user=client, json=body)
     assert created.status_code == 201, created.text
@@ -143,7 +147,7 @@ async def test_user_payments_after_payment_and_confirmation(cached_api: Api, tru
     assert after["payments"][0] == new
     assert after["payments"][1:] == before["payments"][: len(after["payments"]) - 1]
 
-    await served_from_cache(cached_api, path, client, "user_payments")
+    await served_from_cache(cached_api, path, client, PAYMENTS)
     confirmed = await cached_api.post(f"/payments/{new['id']}/confirm", user=client)
     assert confirmed.status_code == 200, confirmed.text
     ((_, final),) = await reads(cached_api, path, client, times=1)
@@ -155,7 +159,7 @@ async def test_reviews_after_review(cached_api: Api, truth: Facts) -> None:
     reviewer, reviewee, job = truth.reviewable()
     path = f"/reviews/{reviewee}"
     await warm(cached_api, reviewer)
-    before = await served_from_cache(cached_api, path, reviewer, "reviews_received")
+    before = await served_from_cache(cached_api, path, reviewer, "GET /reviews/{user_id}")
     body = {"reviewee_id": reviewee, "job_id": job, "rating": 1, "comment": "fresh"}
     created = await cached_api.post("/reviews", user=reviewer, json=body)
     assert created.status_code == 201, created.text
@@ -168,7 +172,7 @@ async def test_job_after_application(cached_api: Api, truth: Facts) -> None:
     worker, job = truth.unapplied()
     path = f"/jobs/{job}"
     await warm(cached_api, worker)
-    before = await served_from_cache(cached_api, path, worker, "job_detail")
+    before = await served_from_cache(cached_api, path, worker, "GET /jobs/{job_id}")
     applied = await cached_api.post(f"/jobs/{job}/apply", user=worker, json={"bid_cents": 5})
     assert applied.status_code == 201, applied.text
     ((_, after),) = await reads(cached_api, path, worker, times=1)

@@ -7,7 +7,12 @@ from fastapi import APIRouter, HTTPException, Query
 from marketplace.deps import CurrentUser, PathId, Repos, Session
 from marketplace.errors import responses
 from marketplace.models import utcnow
-from marketplace.repositories import ApplicationRepository, JobDetailRepository, JobListRepository
+from marketplace.repositories import (
+    ApplicationRepository,
+    JobDetailRepository,
+    JobListRepository,
+    JobPageRepository,
+)
 from marketplace.schemas import MAX_INT, ApplicationIn, ApplicationOut, JobDetail, JobIn, JobPage
 from marketplace.views import application_out, job_detail, job_summary
 
@@ -31,7 +36,7 @@ async def list_jobs(
         filters["status"] = status
     if client_id is not None:
         filters["client_id"] = client_id
-    page = await repos(JobListRepository, session).page(filters=filters, limit=limit, after=after)
+    page = await repos(JobPageRepository, session).page(filters=filters, limit=limit, after=after)
     return JobPage(items=[await job_summary(j) for j in page.items], next=page.next_cursor)
 
 

@@ -11,6 +11,7 @@ from marketplace.models import Payment, User, utcnow
 from marketplace.repositories import (
     ApplicationRepository,
     JobListRepository,
+    PaymentHistoryRepository,
     PaymentRepository,
     UserPaymentsRepository,
 )
@@ -46,7 +47,7 @@ async def payment_history(
 ) -> PaymentPage:
     """Your payments, both ways, with the other party and the job, newest first; pass the
     page's ``next`` as ``after`` for the following page."""
-    page = await repos(PaymentRepository, session).page(
+    page = await repos(PaymentHistoryRepository, session).page(
         or_(Payment.payer_id == user.id, Payment.payee_id == user.id), limit=limit, after=after
     )
     return PaymentPage(

@@ -18,13 +18,17 @@ from ormtune.caching._cache import default_cache as _default_cache
 from ormtune.caching._decorator import cached
 from ormtune.caching._option import CacheOption
 from ormtune.caching._option import check_ttl as _check_ttl
+from ormtune.caching._responses import CachedRoute, Identity, ResponseCache
 from ormtune.caching._stats import CacheStats, NameStats
 
 __all__ = [
     "CacheOption",
     "CacheStats",
+    "CachedRoute",
+    "Identity",
     "NameStats",
     "QueryCache",
+    "ResponseCache",
     "active_cache",
     "cache",
     "cached",

@@ -55,6 +55,7 @@ from ormtune.caching._shape import (
     option_digest,
     stable_text,
 )
+from ormtune.caching._snapshots import filling, note_snapshot, note_uncovered
 from ormtune.caching._stats import CacheStats, StatsRecorder
 from ormtune.caching._tokens import (
     ANY_ROW,
@@ -378,6 +379,7 @@ class QueryCache:
         if lookup.value is not None:
             result = self._serve(lookup.value, shape, state, name, key)
             if result is not None:
+                note_snapshot(tokens, lookup.versions)
                 return result
         if in_greenlet():  # asyncio: waiting here would block the event loop
             return self._fill(state, shape, name, key, tokens, lookup.versions, option)
@@ -391,6 +393,7 @@ class QueryCache:
             if again.value is not None:
                 result = self._serve(again.value, shape, state, name, key)
                 if result is not None:
+                    note_snapshot(tokens, again.versions)
                     return result
             return self._fill(state, shape, name, key, tokens, again.versions, option)
         try:
@@ -432,12 +435,18 @@ class QueryCache:
         option: CacheOption,
     ) -> Result[Any]:
         self._stats.miss(name)
-        recorded, fresh, frozen = _run_recorded(state)
+        note_snapshot(tokens, versions)  # the statement reads after the lookup that gave them
+        try:
+            recorded, fresh, frozen = _run_recorded(state, covered=True)
+        except BaseException:
+            note_uncovered("a cached statement failed")
+            raise
         read = _groups_of(recorded, state)
         if not read <= shape.groups:
             # Data-dependent statements (a subclass table, a secondary) appeared: learn them,
             # and do not store a result whose snapshot did not cover them.
             shape.groups = shape.groups | read
+            note_uncovered("a cached statement read tables it had not read before")
             self._stats.reject(name, "statement read tables it had not read before")
             return frozen()
         try:
@@ -754,15 +763,20 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _run_recorded(state: ORMExecuteState) -> tuple[list[str], set[int], FrozenResult[Any]]:
+def _run_recorded(
+    state: ORMExecuteState, *, covered: bool = False
+) -> tuple[list[str], set[int], FrozenResult[Any]]:
     """Run the statement, recording what it sends and loads; rows are fetched (objects
-    loaded, eager loads run) while freezing, so inside the recording window."""
+    loaded, eager loads run) while freezing, so inside the recording window. ``covered``: a
+    fill, whose statements read after its snapshot (see :mod:`._snapshots`)."""
     fresh: set[int] = set()
     fresh_token = fresh_states.set(fresh)
+    filling_token = filling.set(covered)
     try:
         with recording() as recorded:
             return recorded, fresh, state.invoke_statement().freeze()
     finally:
+        filling.reset(filling_token)
         fresh_states.reset(fresh_token)
 
 

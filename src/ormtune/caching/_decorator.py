@@ -23,6 +23,7 @@ from sqlalchemy.util import greenlet_spawn
 from ormtune.caching import _codec
 from ormtune.caching._flight import AsyncSingleFlight, SingleFlight
 from ormtune.caching._recording import BackslashSQL, recording
+from ormtune.caching._snapshots import note_snapshot
 from ormtune.caching._tokens import ANY_ROW, EVERYTHING, name_token, table_group
 from ormtune.exceptions import CacheBackendError
 from ormtune.querylog import analyze
@@ -192,13 +193,13 @@ def cached(
                 if lookup is None:
                     return await fn(*args, **kwargs)
                 if lookup.value is not None:
-                    found = _decode(cache, state, lookup.value)
+                    found = _decode(cache, state, lookup, tokens)
                     if found is not _MISSING:
                         return found
                 if not await flights.lead_or_wait(key, _WAIT):
                     again = await _lookup_async(cache, state, key, tokens)
                     if again is not None and again.value is not None:
-                        found = _decode(cache, state, again.value)
+                        found = _decode(cache, state, again, tokens)
                         if found is not _MISSING:
                             return found
                     return await _run_async(state, cache, key, tokens, lookup, args, kwargs)
@@ -229,7 +230,7 @@ def cached(
                 cache._failed(state.name, exc)
                 return fn(*args, **kwargs)
             if lookup.value is not None:
-                found = _decode(cache, state, lookup.value)
+                found = _decode(cache, state, lookup, tokens)
                 if found is not _MISSING:
                     return found
             if not flights_sync.lead_or_wait(key, _WAIT):
@@ -247,13 +248,15 @@ def cached(
 _MISSING = object()
 
 
-def _decode(cache: QueryCache, state: _Cached, data: bytes) -> Any:
+def _decode(cache: QueryCache, state: _Cached, lookup: Lookup, tokens: list[Token]) -> Any:
+    assert lookup.value is not None
     try:
-        value = _codec.decode(data)
+        value = _codec.decode(lookup.value)
     except _codec.Undecodable:
         cache._stats.bypass(state.name, "undecodable entry")
         return _MISSING
     cache._stats.hit(state.name)
+    note_snapshot(tokens, lookup.versions)  # a response cached around this call depends on it
     return value
 
 

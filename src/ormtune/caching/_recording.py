@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ormtune.caching._snapshots import note_statement
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -45,6 +47,7 @@ class BackslashSQL(str):
 def record_statement(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
+    note_statement()
     recording = recorded_statements.get()
     if recording is not None:
         if conn.dialect.name in _BACKSLASH_DIALECTS:
