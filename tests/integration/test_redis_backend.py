@@ -290,3 +290,37 @@ async def test_an_unreachable_redis_fails_fast_from_a_greenlet_too() -> None:
         assert isinstance(info.value.__cause__, redis.ConnectionError)
     finally:
         await aclient.aclose()
+
+
+ORDERS: Token = ("db|public.orders", "id=i:7")
+
+
+def _lookups_agree(backend: RedisBackend) -> None:
+    """lookup_many answers what lookup answers, key by key, in order."""
+    versions = backend.versions([USERS, ORDERS])
+    assert backend.store("a", b"first", tokens=[USERS], versions=versions[:1], ttl=None)
+    assert backend.store("b", b"second", tokens=[USERS, ORDERS], versions=versions, ttl=None)
+    requests = [("b", [USERS, ORDERS]), ("missing", [ORDERS]), ("a", [USERS])]
+    many = backend.lookup_many(requests)
+    assert [found.value for found in many] == [b"second", None, b"first"]
+    assert many == [backend.lookup(key, tokens) for key, tokens in requests]
+    backend.bump([ORDERS])
+    assert [found.value for found in backend.lookup_many(requests)] == [None, None, b"first"]
+
+
+def test_lookup_many_is_lookup_in_one_round_trip(redis_url: str, redis_prefix: str) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        _lookups_agree(backend)
+    finally:
+        backend.close()
+
+
+async def test_lookup_many_on_the_asyncio_client(redis_url: str, redis_prefix: str) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        await greenlet_spawn(_lookups_agree, backend)
+        assert len(backend._loop_clients) == 1  # it ran on the event loop's client
+    finally:
+        await backend.aclose()
+        backend.close()

@@ -50,6 +50,7 @@ bumps, which no client-side scheme can recover.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import math
@@ -257,6 +258,15 @@ def decode_bump_message(data: bytes) -> tuple[list[Token], set[str]]:
     return tokens, resets
 
 
+def _lookup_reply(reply: Any) -> tuple[int, bytes | None, tuple[Version, ...], float | None]:
+    status = int(reply[0])
+    versions = header_versions(reply[3])
+    if status != HIT:
+        return status, None, versions, None
+    pttl = int(reply[2])  # -1: no expiry; 0: less than a millisecond left
+    return status, bytes(reply[1]), versions, (pttl / 1000 if pttl >= 0 else None)
+
+
 class RedisBackend:
     """Cache entries and token versions in Redis, shared by every process that uses ``prefix``.
 
@@ -431,18 +441,38 @@ class RedisBackend:
         is ``KNOWN`` and the value is not sent. Used by the two-tier backend.
         """
         keys, members = self._keys(key, tokens)
-        reply = self._run("lookup", keys, [known, *members])
-        status = int(reply[0])
-        versions = header_versions(reply[3])
-        if status != HIT:
-            return status, None, versions, None
-        pttl = int(reply[2])  # -1: no expiry; 0: less than a millisecond left
-        return status, bytes(reply[1]), versions, (pttl / 1000 if pttl >= 0 else None)
+        return _lookup_reply(self._run("lookup", keys, [known, *members]))
 
     def lookup(self, key: str, tokens: Sequence[Token], /) -> Lookup:
         """The entry under ``key`` if stored with the current versions of ``tokens``."""
         _, value, versions, _ = self.lookup_raw(key, tokens)
         return Lookup(value, versions)
+
+    def lookup_many(self, requests: Sequence[tuple[str, Sequence[Token]]], /) -> list[Lookup]:
+        """:meth:`lookup` for each ``(key, tokens)``, in order, in one round trip (a pipeline
+        of the lookup script; each lookup is atomic on its own, not with the others)."""
+        calls = [self._keys(key, tokens) for key, tokens in requests]
+
+        def op(client: Any, scripts: dict[str, Any]) -> Any:
+            pipe = client.pipeline(transaction=False)
+            if not inspect.iscoroutinefunction(pipe.execute):  # the sync client
+                for keys, members in calls:
+                    scripts["lookup"](keys=keys, args=["", *members], client=pipe)
+                return pipe.execute()
+
+            async def run() -> Any:
+                for keys, members in calls:
+                    await scripts["lookup"](keys=keys, args=["", *members], client=pipe)
+                return await pipe.execute()
+
+            return run()
+
+        replies = self._call(op)
+        found = []
+        for reply in replies:
+            _, value, versions, _ = _lookup_reply(reply)
+            found.append(Lookup(value, versions))
+        return found
 
     def store(
         self,

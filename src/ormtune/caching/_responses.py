@@ -15,8 +15,9 @@ credentials (``identity_headers``, the ``Authorization`` header by default) to a
 :class:`Identity`. That resolution is cached the same way (so a revoked token stops matching
 when its row changes) and its ``expires_at`` is checked on every hit. A request without an
 identity goes to the application, which answers it (a 401, typically). A ``private`` route's
-entries are per principal; the others are shared by every identified caller, so list a route
-as shared only if its ``200`` body is the same whoever asks.
+entries are per caller (keyed by the credentials they were built for, and served only while
+those still resolve); the others are shared by every identified caller, so list a route as
+shared only if its ``200`` body is the same whoever asks.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy.util import greenlet_spawn
 from ormtune.caching._cache import active_cache
 from ormtune.caching._option import check_ttl
 from ormtune.caching._snapshots import collecting
+from ormtune.caching._tokens import ANY_ROW
 from ormtune.exceptions import CacheBackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
     from ormtune.caching._cache import QueryCache
     from ormtune.caching._snapshots import Snapshots
-    from ormtune.typing import Token
+    from ormtune.typing import CacheBackend, Token
 
     Scope = MutableMapping[str, Any]
     Message = MutableMapping[str, Any]
@@ -60,8 +62,9 @@ _REMEMBERED_KEYS = 20_000
 class CachedRoute:
     """A ``GET`` route whose responses are cached: ``path`` is its template, as the framework
     writes it (``"/profiles/{user_id}"``; ``{name:path}`` matches across slashes). ``private``:
-    one entry per principal (the caller's own data). ``ttl`` in seconds (default: the query
-    cache's ``default_ttl``); ``name`` groups statistics (default: ``"GET <path>"``)."""
+    one entry per caller (the caller's own data, keyed by their credentials). ``ttl`` in
+    seconds (default: the query cache's ``default_ttl``); ``name`` groups statistics (default:
+    ``"GET <path>"``)."""
 
     path: str
     ttl: float | None = None
@@ -127,24 +130,39 @@ class _Directory:
         while len(known) > _REMEMBERED_KEYS:
             known.popitem(last=False)
 
-    async def lookup(self, cache: QueryCache, base: str) -> bytes | None:
-        tokens = self._known.get(base)
-        if tokens is None:
-            index = await greenlet_spawn(cache.backend.lookup, "x:" + base, ())
-            if index.value is None:
-                return None
-            tokens = _decode_tokens(index.value)
+    async def lookup(self, cache: QueryCache, bases: list[str]) -> list[bytes | None]:
+        """The valid entry behind each base key (``None`` where there is none), in one round
+        trip when the token lists are known and the backend can look up several keys at once
+        (``RedisBackend.lookup_many``)."""
+        return await greenlet_spawn(self._lookup, cache.backend, bases)
+
+    def _lookup(self, backend: CacheBackend, bases: list[str]) -> list[bytes | None]:
+        found: list[bytes | None] = [None] * len(bases)
+        requests: list[tuple[int, str, tuple[Token, ...]]] = []
+        for position, base in enumerate(bases):
+            tokens = self._known.get(base)
             if tokens is None:
-                return None
-            self.remember(base, tokens)
-        found = await greenlet_spawn(cache.backend.lookup, _entry_key(base, tokens), tokens)
-        return found.value
+                index = backend.lookup("x:" + base, ())
+                tokens = _decode_tokens(index.value) if index.value is not None else None
+                if tokens is None:
+                    continue
+                self.remember(base, tokens)
+            requests.append((position, _entry_key(base, tokens), tokens))
+        many = getattr(backend, "lookup_many", None)
+        if many is not None and len(requests) > 1:
+            lookups = many([(key, tokens) for _, key, tokens in requests])
+        else:
+            lookups = [backend.lookup(key, tokens) for _, key, tokens in requests]
+        for (position, _, _), lookup in zip(requests, lookups, strict=True):
+            found[position] = lookup.value
+        return found
 
     async def store(
         self, cache: QueryCache, base: str, value: bytes, snapshots: Snapshots, ttl: float | None
     ) -> bool:
-        tokens = tuple(sorted(snapshots.versions))
-        versions = [snapshots.versions[token] for token in tokens]
+        essential = _essential(snapshots.versions)
+        tokens = tuple(sorted(essential))
+        versions = [essential[token] for token in tokens]
         stored: bool = await greenlet_spawn(
             _store, cache, _entry_key(base, tokens), value, tokens, versions, ttl
         )
@@ -153,6 +171,20 @@ class _Directory:
             encoded = json.dumps([list(token) for token in tokens]).encode()
             await greenlet_spawn(_store, cache, "x:" + base, encoded, (), (), ttl)
         return stored
+
+
+def _essential(versions: dict[Token, int]) -> dict[Token, int]:
+    """The tokens that matter: every write to a table moves its table-wide token (see
+    :mod:`._tokens`), so beside it the table's row and unknown-rows tokens add nothing. (Not so
+    for the ``*`` group: the commit counter moves without ``EVERYTHING``.)"""
+    whole = {group for group, member in versions if member == ANY_ROW and group != "*"}
+    if not whole:
+        return versions
+    return {
+        token: version
+        for token, version in versions.items()
+        if token[1] == ANY_ROW or token[0] not in whole
+    }
 
 
 def _store(
@@ -252,22 +284,32 @@ class ResponseCache:
             # one way by identify and the other by the application
             await self.app(scope, receive, send)
             return
-        principal = ""
+        credentials = ""
         if self._identify is not None:
-            identity = await self._identity(cache, scope, headers)
-            if identity is None:
+            credentials = self._credentials(cache, headers)
+            if not credentials:  # none given: the application answers (a 401, typically)
                 await self.app(scope, receive, send)
                 return
-            principal = identity.principal if route.private else ""
-        base = self._base(cache, route, scope, headers, principal)
+        # A private route's entries are the caller's: keyed by the credentials that built them
+        # (served again only to the same credentials, and only while they still resolve).
+        base = self._base(cache, route, scope, headers, credentials if route.private else "")
+        bases = [credentials, base] if credentials else [base]
         try:
-            found = None if cache._recovering() else await self._directory.lookup(cache, base)
+            if cache._recovering():
+                found: list[bytes | None] = [None] * len(bases)
+            else:
+                found = await self._directory.lookup(cache, bases)
         except CacheBackendError as exc:
             cache._failed(route.name, exc)
             await self.app(scope, receive, send)
             return
-        if found is not None:
-            decoded = _decode_response(found)
+        if credentials:
+            identity = await self._identity(cache, scope, credentials, found[0])
+            if identity is None:
+                await self.app(scope, receive, send)
+                return
+        if found[-1] is not None:
+            decoded = _decode_response(found[-1])
             if decoded is not None:
                 cache._stats.hit(route.name)
                 status, stored_headers, body = decoded
@@ -294,7 +336,7 @@ class ResponseCache:
         route: _Route,
         scope: Scope,
         headers: dict[bytes, bytes],
-        principal: str,
+        credentials: str,
     ) -> str:
         varied = [headers.get(name, b"").decode("latin-1") for name in self._vary]
         material = "\x1f".join(
@@ -304,7 +346,7 @@ class ResponseCache:
                 scope.get("root_path", ""),
                 scope["path"],
                 scope.get("query_string", b"").decode("latin-1"),
-                principal,
+                credentials,
                 *varied,
             ]
         )
@@ -354,22 +396,20 @@ class ResponseCache:
         if not stored:
             cache._stats.reject(route.name, "outdated snapshot")
 
-    async def _identity(
-        self, cache: QueryCache, scope: Scope, headers: dict[bytes, bytes]
-    ) -> Identity | None:
-        assert self._identify is not None
+    def _credentials(self, cache: QueryCache, headers: dict[bytes, bytes]) -> str:
+        """The key of the identity the request's credentials resolve to ("" if none given)."""
         presented = [headers.get(name) for name in self._identity_headers]
         if all(value is None for value in presented):
-            return None  # no credentials: the application answers
+            return ""
         material = "\x1f".join(
             [cache.namespace, "identity", *((v or b"").decode("latin-1") for v in presented)]
         )
-        base = "id:" + hashlib.sha256(material.encode()).hexdigest()
-        try:
-            found = None if cache._recovering() else await self._directory.lookup(cache, base)
-        except CacheBackendError as exc:
-            cache._failed("identity", exc)
-            found = None
+        return "id:" + hashlib.sha256(material.encode()).hexdigest()
+
+    async def _identity(
+        self, cache: QueryCache, scope: Scope, credentials: str, found: bytes | None
+    ) -> Identity | None:
+        assert self._identify is not None
         if found is not None:
             identity = _decode_identity(found)
             if identity is not None:
@@ -385,7 +425,7 @@ class ResponseCache:
                 ttl = min(ttl, left) if ttl is not None else left
             value = json.dumps([identity.principal, identity.expires_at]).encode()
             try:
-                await self._directory.store(cache, base, value, snapshots, ttl)
+                await self._directory.store(cache, credentials, value, snapshots, ttl)
             except CacheBackendError as exc:
                 cache._failed("identity", exc)
         return identity
