@@ -18,6 +18,7 @@ from sqlalchemy.util import greenlet_spawn
 from ormtune.backends import RedisBackend
 from ormtune.exceptions import CacheBackendError, ConfigurationError
 from tests.backend_support import PrivateRedis, child_bump, eventually
+from tests.conftest import REDIS_URL
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -305,6 +306,9 @@ def _lookups_agree(backend: RedisBackend) -> None:
     assert [found.value for found in many] == [b"second", None, b"first"]
     assert many == [backend.lookup(key, tokens) for key, tokens in requests]
     backend.bump([ORDERS])
+    assert [found.value for found in backend.lookup_many(requests)] == [None, None, b"first"]
+    with redis.Redis.from_url(REDIS_URL) as admin:
+        admin.script_flush()  # as after a restart: the scripts are gone
     assert [found.value for found in backend.lookup_many(requests)] == [None, None, b"first"]
 
 

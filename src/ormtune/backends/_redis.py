@@ -50,7 +50,6 @@ bumps, which no client-side scheme can recover.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import math
@@ -258,6 +257,10 @@ def decode_bump_message(data: bytes) -> tuple[list[Token], set[str]]:
     return tokens, resets
 
 
+def _raise(error: Exception) -> Any:
+    raise error
+
+
 def _lookup_reply(reply: Any) -> tuple[int, bytes | None, tuple[Version, ...], float | None]:
     status = int(reply[0])
     versions = header_versions(reply[3])
@@ -308,6 +311,7 @@ class RedisBackend:
         if max_members < 1:
             raise ConfigurationError(f"max_members must be at least 1, got {max_members!r}")
         self._redis_errors: tuple[type[Exception], ...] = (module.RedisError,)
+        self._no_script: type[Exception] = module.exceptions.NoScriptError
         self._response_error: type[Exception] = module.ResponseError
         self.prefix = prefix
         self.max_members = max_members
@@ -450,24 +454,24 @@ class RedisBackend:
 
     def lookup_many(self, requests: Sequence[tuple[str, Sequence[Token]]], /) -> list[Lookup]:
         """:meth:`lookup` for each ``(key, tokens)``, in order, in one round trip (a pipeline
-        of the lookup script; each lookup is atomic on its own, not with the others)."""
+        of ``EVALSHA``s of the lookup script; each lookup is atomic on its own, not with the
+        others). If Redis has lost the script, the lookups run one by one, which reloads it."""
         calls = [self._keys(key, tokens) for key, tokens in requests]
 
         def op(client: Any, scripts: dict[str, Any]) -> Any:
+            # EVALSHA directly: redis-py's scripts in a pipeline add a SCRIPT EXISTS round trip
+            sha = scripts["lookup"].sha
             pipe = client.pipeline(transaction=False)
-            if not inspect.iscoroutinefunction(pipe.execute):  # the sync client
-                for keys, members in calls:
-                    scripts["lookup"](keys=keys, args=["", *members], client=pipe)
-                return pipe.execute()
-
-            async def run() -> Any:
-                for keys, members in calls:
-                    await scripts["lookup"](keys=keys, args=["", *members], client=pipe)
-                return await pipe.execute()
-
-            return run()
+            for keys, members in calls:
+                pipe.evalsha(sha, len(keys), *keys, "", *members)
+            return pipe.execute(raise_on_error=False)
 
         replies = self._call(op)
+        if any(isinstance(reply, Exception) for reply in replies):
+            if not all(isinstance(reply, self._no_script) for reply in replies):
+                failed = next(r for r in replies if isinstance(r, Exception))
+                self._call(lambda _client, _scripts: _raise(failed))
+            return [self.lookup(key, tokens) for key, tokens in requests]
         found = []
         for reply in replies:
             _, value, versions, _ = _lookup_reply(reply)
