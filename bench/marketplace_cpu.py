@@ -13,8 +13,8 @@ request's CPU time (``time.process_time``) per endpoint. Workers alternate betwe
 gives per endpoint the median over every measured request of every worker of that mode.
 
 A last, unmeasured pass counts each request's SQL statements (``ormtune.capture()``) and, in
-tuned mode, Redis commands; the table shows them per endpoint, with the user and system CPU
-per request from ``getrusage``.
+tuned mode, Redis round trips (a pipeline counts once); the table shows them per endpoint,
+with the user and system CPU per request from ``getrusage``.
 
 ``--profile FILE`` instead runs one worker of ``--mode`` under cProfile with a CPU clock
 (measured passes only; greenlet switches blur its call tree) and writes the stats to FILE;
@@ -160,19 +160,27 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _count_pass(app: Any, reads: list[Call], tokens: dict[int, str]) -> dict[str, Any]:
     """One more, unmeasured pass that counts each request's SQL statements (ormtune.capture)
-    and Redis commands (a counting wrapper on the asyncio client)."""
+    and Redis round trips (counting wrappers on the asyncio client: a command, or a whole
+    pipeline)."""
     import redis.asyncio
+    import redis.asyncio.client
 
     import ormtune
 
     commands = [0]
     original: Any = redis.asyncio.Redis.execute_command
+    original_pipeline: Any = redis.asyncio.client.Pipeline.execute
 
     async def counting(self: Any, *args: Any, **options: Any) -> Any:
         commands[0] += 1
         return await original(self, *args, **options)
 
+    async def counting_pipeline(self: Any, *args: Any, **options: Any) -> Any:
+        commands[0] += 1
+        return await original_pipeline(self, *args, **options)
+
     redis.asyncio.Redis.execute_command = counting  # type: ignore[method-assign]
+    redis.asyncio.client.Pipeline.execute = counting_pipeline  # type: ignore[method-assign]
     totals: dict[str, list[int]] = {}
     try:
         for call in reads:
@@ -186,6 +194,7 @@ async def _count_pass(app: Any, reads: list[Call], tokens: dict[int, str]) -> di
             total[2] += commands[0] - before
     finally:
         redis.asyncio.Redis.execute_command = original  # type: ignore[method-assign]
+        redis.asyncio.client.Pipeline.execute = original_pipeline  # type: ignore[method-assign]
     return totals
 
 

@@ -9,7 +9,8 @@ carries what it needs:
 * ``LOAD_REPORT``: where to write the consistency counters at the end;
 * ``LOAD_WAIT``: think time between a simulated user's requests, ``min,max`` seconds;
 * ``LOAD_MIX``: ``mixed`` (the default: the mix's reads and writes), ``reads`` (its reads
-  alone: the capacity of the read endpoints, measured with no think time), or ``ping``
+  alone: the capacity of the read endpoints, measured with no think time), ``writes`` (its
+  writes alone, each with its read-back through the other server), or ``ping``
   (``GET /_load/ping``, answered by the load app's plain ASGI wrapper before FastAPI: what
   uvicorn and locust alone cost on this machine, the ceiling of any server-side design).
 
@@ -39,8 +40,8 @@ SERVERS = os.environ.get("LOAD_SERVERS", "http://127.0.0.1:8101,http://127.0.0.1
 CATALOG = catalog_from_dict(json.loads(Path(os.environ["LOAD_CATALOG"]).read_text()))
 WAIT = tuple(float(x) for x in os.environ.get("LOAD_WAIT", "0.5,1.5").split(","))
 MIX = os.environ.get("LOAD_MIX", "mixed")
-if MIX not in {"mixed", "reads", "ping"}:
-    raise SystemExit(f"LOAD_MIX must be mixed, reads or ping, not {MIX!r}")
+if MIX not in {"mixed", "reads", "writes", "ping"}:
+    raise SystemExit(f"LOAD_MIX must be mixed, reads, writes or ping, not {MIX!r}")
 _numbers = itertools.count(0)
 _users = CATALOG.users
 counters = {"checks": 0, "violations": 0, "conflicts": 0, "writes": 0, "reads": 0}
@@ -99,7 +100,7 @@ class Marketplace(FastHttpUser):
             self.client.get(f"{self.rng.choice(SERVERS)}/_load/ping", name="GET /_load/ping")
             return
         call = next(self.mix)
-        while MIX == "reads" and call.is_write:
+        while (MIX == "reads" and call.is_write) or (MIX == "writes" and not call.is_write):
             call = next(self.mix)
         if not call.is_write:
             counters["reads"] += 1

@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--capacity", type=int, default=0,
         help="after the steps, closed-loop rounds (no think time) with this many users",
     )  # fmt: skip
-    parser.add_argument("--capacity-mixes", default="reads,ping", help="reads, ping, mixed")
+    parser.add_argument("--capacity-mixes", default="reads,ping", help="reads, writes, mixed, ping")
     parser.add_argument("--capacity-rounds", type=int, default=3)
     parser.add_argument("--capacity-seconds", type=int, default=20)
     parser.add_argument("--ports", default="8101,8102", help="the first mode's; +2 per mode")
