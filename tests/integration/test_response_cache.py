@@ -69,6 +69,10 @@ def make_app(engine: AsyncEngine, *, expires_in: float | None = None) -> Respons
     app.state.writes_during_fill = writes_during_fill
     identify_calls = [0]
     app.state.identify_calls = identify_calls
+    # credentials -> account id, outside the database (a session store, say); by default a
+    # credential is the account id itself
+    aliases: dict[str, str] = {}
+    app.state.aliases = aliases
 
     async def account(session: AsyncSession, account_id: int) -> Account | None:
         statement = (
@@ -81,6 +85,7 @@ def make_app(engine: AsyncEngine, *, expires_in: float | None = None) -> Respons
     async def identify(scope: Any) -> Identity | None:
         identify_calls[0] += 1
         raw = dict(scope["headers"]).get(b"authorization", b"").decode()
+        raw = aliases.get(raw, raw)
         if not raw.isdigit():
             return None
         async with AsyncSession(engine) as session:
@@ -92,6 +97,7 @@ def make_app(engine: AsyncEngine, *, expires_in: float | None = None) -> Respons
 
     def principal(request: Request) -> int:
         raw = request.headers.get("authorization", "")
+        raw = aliases.get(raw, raw)
         if not raw.isdigit():
             raise HTTPException(401, "who are you?")
         return int(raw)
@@ -108,6 +114,20 @@ def make_app(engine: AsyncEngine, *, expires_in: float | None = None) -> Respons
             await write()
         writes_during_fill.clear()
         return body
+
+    @app.get("/then-all/{account_id}")
+    async def then_all(account_id: int) -> dict[str, Any]:
+        """One account by key (row tokens), then, after the test's hooks, every account (the
+        table-wide token)."""
+        by_key = select(Account).where(Account.id == account_id).options(cached)
+        async with AsyncSession(engine) as session:
+            name = (await session.scalars(by_key)).one().name
+        for write in writes_during_fill:
+            await write()
+        writes_during_fill.clear()
+        async with AsyncSession(engine) as session:
+            every = await session.scalars(select(Account).order_by(Account.id).options(cached))
+            return {"one": name, "all": [a.name for a in every]}
 
     @app.get("/plain/{account_id}")
     async def plain(account_id: int) -> dict[str, Any]:
@@ -148,6 +168,7 @@ def make_app(engine: AsyncEngine, *, expires_in: float | None = None) -> Respons
         routes=[
             CachedRoute("/accounts/{account_id}", ttl=60),
             CachedRoute("/plain/{account_id}"),
+            CachedRoute("/then-all/{account_id}"),
             CachedRoute("/mine", private=True),
             CachedRoute("/no-store/{account_id}"),
             CachedRoute("/cut-short"),
@@ -465,3 +486,47 @@ def test_a_cached_statement_that_fails_makes_the_block_uncovered(backend: Backen
     finally:
         CacheBase.metadata.drop_all(engine)
         engine.dispose()
+
+
+async def test_a_row_read_before_a_commit_and_its_table_read_after_is_not_stored(
+    harness: Harness,
+) -> None:
+    await harness.get("/then-all/1", "2")  # the cache learns both statements
+
+    async def rename() -> None:
+        statement = update(Account).where(Account.id == 1).values(name="between")
+        await asyncio.create_task(harness.commit(statement), context=contextvars.Context())
+
+    harness.app.state.writes_during_fill.append(rename)
+    mixed = (await harness.get("/then-all/1", "2")).json()
+    assert mixed["one"] == "account 1"  # read before the commit
+    assert mixed["all"][0] == "between"  # read after it
+    assert harness.cache.stats["GET /then-all/{account_id}"].rejected["outdated snapshot"] == 1
+    after = await harness.get("/then-all/1", "2")
+    assert HIT not in after.headers
+    assert after.json()["one"] == "between"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_credentials_that_now_stand_for_someone_else_get_their_own_response(
+    backend: Backend,
+) -> None:
+    engine = await seeded_engine(backend)
+    app = make_app(engine, expires_in=0.3)
+    aliases = app.app.state.aliases  # type: ignore[attr-defined]
+    aliases["session-x"] = "1"
+    with QueryCache(MemoryBackend(), namespace="repoint"):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(3):
+                mine = await client.get("/mine", headers={"authorization": "session-x"})
+            assert mine.headers[HIT] == "hit"
+            assert mine.json()["id"] == 1
+            aliases["session-x"] = "2"  # the session now stands for account 2
+            time.sleep(0.4)  # the cached identity expires; identify resolves it again
+            theirs = await client.get("/mine", headers={"authorization": "session-x"})
+            assert HIT not in theirs.headers
+            assert theirs.json()["id"] == 2
+    async with engine.begin() as conn:
+        await conn.run_sync(CacheBase.metadata.drop_all)
+    await engine.dispose()

@@ -35,7 +35,6 @@ from sqlalchemy.util import greenlet_spawn
 from ormtune.caching._cache import active_cache
 from ormtune.caching._option import check_ttl
 from ormtune.caching._snapshots import collecting
-from ormtune.caching._tokens import ANY_ROW
 from ormtune.exceptions import CacheBackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -160,9 +159,11 @@ class _Directory:
     async def store(
         self, cache: QueryCache, base: str, value: bytes, snapshots: Snapshots, ttl: float | None
     ) -> bool:
-        essential = _essential(snapshots.versions)
-        tokens = tuple(sorted(essential))
-        versions = [essential[token] for token in tokens]
+        # Every token, even a table's row tokens beside its table-wide one: each was seen by
+        # its own statement at its own time, and only its own version says that statement's
+        # rows are still current.
+        tokens = tuple(sorted(snapshots.versions))
+        versions = [snapshots.versions[token] for token in tokens]
         stored: bool = await greenlet_spawn(
             _store, cache, _entry_key(base, tokens), value, tokens, versions, ttl
         )
@@ -171,20 +172,6 @@ class _Directory:
             encoded = json.dumps([list(token) for token in tokens]).encode()
             await greenlet_spawn(_store, cache, "x:" + base, encoded, (), (), ttl)
         return stored
-
-
-def _essential(versions: dict[Token, int]) -> dict[Token, int]:
-    """The tokens that matter: every write to a table moves its table-wide token (see
-    :mod:`._tokens`), so beside it the table's row and unknown-rows tokens add nothing. (Not so
-    for the ``*`` group: the commit counter moves without ``EVERYTHING``.)"""
-    whole = {group for group, member in versions if member == ANY_ROW and group != "*"}
-    if not whole:
-        return versions
-    return {
-        token: version
-        for token, version in versions.items()
-        if token[1] == ANY_ROW or token[0] not in whole
-    }
 
 
 def _store(
@@ -212,23 +199,25 @@ def _decode_tokens(data: bytes) -> tuple[Token, ...] | None:
     return tokens
 
 
-def _encode_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    head = [status, [[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers]]
-    return json.dumps(head).encode() + b"\n" + body
+def _encode_response(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes, principal: str
+) -> bytes:
+    listed = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers]
+    return json.dumps([status, listed, principal]).encode() + b"\n" + body
 
 
-def _decode_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+def _decode_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, str] | None:
     head, newline, body = data.partition(b"\n")
     if not newline:
         return None
     try:
-        status, headers = json.loads(head)
+        status, headers, principal = json.loads(head)
         pairs = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in headers]
     except (ValueError, TypeError):
         return None
-    if not isinstance(status, int):
+    if not isinstance(status, int) or not isinstance(principal, str):
         return None
-    return status, pairs, body
+    return status, pairs, body, principal
 
 
 class ResponseCache:
@@ -303,16 +292,21 @@ class ResponseCache:
             cache._failed(route.name, exc)
             await self.app(scope, receive, send)
             return
+        principal = ""
         if credentials:
             identity = await self._identity(cache, scope, credentials, found[0])
             if identity is None:
                 await self.app(scope, receive, send)
                 return
+            if route.private:
+                principal = identity.principal
         if found[-1] is not None:
             decoded = _decode_response(found[-1])
-            if decoded is not None:
+            # a private entry also names whom it was built for: credentials that now stand for
+            # someone else (a re-pointed session, say) do not get it
+            if decoded is not None and decoded[3] == principal:
                 cache._stats.hit(route.name)
-                status, stored_headers, body = decoded
+                status, stored_headers, body, _ = decoded
                 await send(
                     {
                         "type": "http.response.start",
@@ -322,7 +316,7 @@ class ResponseCache:
                 )
                 await send({"type": "http.response.body", "body": body})
                 return
-        await self._fill(cache, route, base, scope, receive, send)
+        await self._fill(cache, route, base, principal, scope, receive, send)
 
     def _route(self, path: str) -> _Route | None:
         for route in self._routes:
@@ -357,6 +351,7 @@ class ResponseCache:
         cache: QueryCache,
         route: _Route,
         base: str,
+        principal: str,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -386,7 +381,7 @@ class ResponseCache:
             return
         assert response.status is not None
         headers = [(n, v) for n, v in response.headers if n.lower() not in _DROPPED_HEADERS]
-        value = _encode_response(response.status, headers, b"".join(response.chunks))
+        value = _encode_response(response.status, headers, b"".join(response.chunks), principal)
         ttl = route.ttl if route.ttl is not None else cache.default_ttl
         try:
             stored = await self._directory.store(cache, base, value, snapshots, ttl)
