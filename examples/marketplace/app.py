@@ -32,7 +32,7 @@ __all__ = ["create_app"]
 _log = logging.getLogger("marketplace")
 
 # Tuned mode caches the whole responses of every read, each with the TTL of its queries'
-# cache (repositories.py). A private route's responses are per user; the others are the
+# cache (repositories.py). A private route's responses are per caller; the others are the
 # same for every signed-in caller.
 CACHED_ROUTES = [
     ormtune.CachedRoute("/users/{user_id}/payments", ttl=300, private=True),

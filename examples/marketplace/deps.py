@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from marketplace.models import User, utcnow
@@ -107,10 +108,10 @@ async def identify(scope: Any) -> Identity | None:
         if name.lower() == b"authorization":  # the first, as HTTPBearer reads it
             header = value.decode("latin-1")
             break
-    scheme, _, credentials = header.partition(" ")
+    scheme, credentials = get_authorization_scheme_param(header)  # HTTPBearer's own reading
     if scheme.lower() != "bearer":
         return None
-    parsed = parse_token(credentials.strip())
+    parsed = parse_token(credentials)
     if parsed is None:
         return None
     token_id, secret = parsed

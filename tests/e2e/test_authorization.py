@@ -92,6 +92,18 @@ class TestAuthentication:
         )
         assert_error(basic, 401)
 
+    async def test_headers_are_read_as_the_application_reads_them(self, api: Api) -> None:
+        """Tuned mode answers warm reads before the routing: its token check reads the header
+        as the application's does (FastAPI strips what follows the scheme; a tab is no
+        separator), so a cached read is answered as the application would answer it."""
+        token = await api.token(1)
+        for _ in range(4):  # learn, fill, hit
+            good = await api.client.get("/profiles/2", headers={"Authorization": f"Bearer {token}"})
+            assert good.status_code == 200
+        for header, status in [(f"Bearer  {token}", 200), (f"Bearer\t{token}", 401)]:
+            response = await api.client.get("/profiles/2", headers={"Authorization": header})
+            assert response.status_code == status, header
+
     async def test_tampered_secret(self, api: Api) -> None:
         token = await api.token(1)
         token_id, secret = token.split(".", 1)
